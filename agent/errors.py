@@ -14,7 +14,7 @@ class NodeAgentError(Exception):
     help: str = ""
     exit_code: int = 2
 
-    def __init__(self, message: str, *, help: str | None = None) -> None:  # noqa: A002
+    def __init__(self, message: str, *, help: str | None = None) -> None:
         super().__init__(message)
         if help is not None:
             self.help = help

@@ -1,0 +1,119 @@
+"""`node-agent` command line: ``main(argv) -> int`` maps errors to exit codes.
+
+Every expected failure is a :class:`NodeAgentError`: printed as one line on
+stderr (with its hint) and turned into its exit status; tracebacks are for
+bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from agent import __version__
+from agent.errors import NodeAgentError
+from agent.gobinary.pclntab import Frame
+from agent.gobinary.symbolizer import GoBinary
+
+
+def _parse_pc(text: str) -> int | None:
+    text = text.strip()
+    if text[:2] in ("0x", "0X"):
+        text = text[2:]
+    try:
+        return int(text, 16) if text else None
+    except ValueError:
+        return None
+
+
+def _symbolize(binary: GoBinary, inlines: bool, stdin: TextIO, stdout: TextIO) -> None:
+    interactive = stdin.isatty()
+    out: list[str] = []
+    for line in stdin:
+        pc = _parse_pc(line)
+        if inlines:
+            frames: Sequence[Frame] = binary.frames(pc) if pc is not None else ()
+            if not frames:
+                out.append("?\t?:0\n")
+            out.extend(f"{f.function}\t{f.file}:{f.line}\n" for f in frames)
+            out.append("\n")
+        else:
+            frame = binary.addr2line(pc) if pc is not None else None
+            out.append("?\n?:0\n" if frame is None else f"{frame.function}\n{frame.file}:{frame.line}\n")
+        if interactive or len(out) >= 4096:
+            stdout.write("".join(out))
+            out.clear()
+            if interactive:
+                stdout.flush()
+    stdout.write("".join(out))
+
+
+def _print_info(binary: GoBinary, stdout: TextIO) -> None:
+    info = binary.info()
+    rows = [
+        ("path", info.path),
+        ("go version", info.go_version or "unknown (no build info)"),
+        ("main module", info.main_module or "unknown"),
+        ("go build id", info.go_build_id or "none"),
+        ("gnu build id", info.gnu_build_id or "none"),
+        ("pie", "yes" if info.is_pie else "no"),
+        ("pclntab", f"{info.pclntab_version} in {info.pclntab_location}"),
+        ("functions", str(info.functions)),
+        ("automaxprocs", "yes" if info.automaxprocs else "no"),
+        ("DefaultGODEBUG", info.default_godebug or "(none)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        stdout.write(f"{key:<{width}}  {value}\n")
+
+
+def cmd_symbolize(args: argparse.Namespace) -> int:
+    binary = GoBinary.open(args.binary)
+    if args.info:
+        _print_info(binary, sys.stdout)
+    else:
+        _symbolize(binary, args.inlines, sys.stdin, sys.stdout)
+    sys.stdout.flush()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="node-agent",
+        description="Find Go workloads whose GOMAXPROCS does not match their CPU quota.",
+    )
+    parser.add_argument("--version", action="version", version=f"node-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sym = sub.add_parser(
+        "symbolize",
+        help="symbolize addresses of a Go binary from its pclntab",
+        description="Read hexadecimal addresses (one per line, 0x optional) on stdin and print "
+        "what `go tool addr2line` prints: the function, then FILE:LINE.",
+    )
+    sym.add_argument("binary", help="a Go ELF executable (stripped binaries work too)")
+    mode = sym.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--inlines",
+        action="store_true",
+        help="print every inlined frame, innermost first, as FUNCTION<TAB>FILE:LINE, then a blank line",
+    )
+    mode.add_argument("--info", action="store_true", help="describe the binary instead of reading addresses")
+    sym.set_defaults(func=cmd_symbolize)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except NodeAgentError as exc:
+        print(f"node-agent: {exc.describe()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,1 @@
+"""Reading Go executables: ELF, pclntab, build info, symbolization."""

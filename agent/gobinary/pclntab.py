@@ -1,0 +1,423 @@
+"""Go's pclntab ("PC line table"), parsed from bytes.
+
+Layouts follow Go's ``runtime/symtab.go`` and ``debug/gosym``: a header
+(``pcHeader``), a sorted function table, per-function ``_func`` records, and
+varint-encoded pc-value tables for file, line and inline-tree index. The
+version is fixed once the header validates; unknown magics are refused rather
+than guessed at. All reads are bounds-checked through :func:`_check` so a
+corrupted table raises :class:`CorruptBinaryError`, never a wrong answer or an
+``IndexError``.
+
+Nothing here does I/O: funcdata that lives outside the table (the inline
+tree) is read through a ``read(addr, size)`` callable the caller supplies.
+"""
+
+from __future__ import annotations
+
+import struct
+from bisect import bisect_right
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+
+from agent.errors import CorruptBinaryError, NotGoError, UnsupportedGoError
+
+
+class PclnVersion(IntEnum):
+    GO12 = 12  # Go 1.2 - 1.15
+    GO116 = 116  # Go 1.16 - 1.17
+    GO118 = 118  # Go 1.18 - 1.19
+    GO120 = 120  # Go 1.20 and later
+
+
+MAGICS = {
+    0xFFFFFFFB: PclnVersion.GO12,
+    0xFFFFFFFA: PclnVersion.GO116,
+    0xFFFFFFF0: PclnVersion.GO118,
+    0xFFFFFFF1: PclnVersion.GO120,
+}
+MAGIC_BYTES_LE = tuple(struct.pack("<I", m) for m in MAGICS)
+
+PCDATA_INL_TREE_INDEX = 2
+FUNCDATA_INL_TREE = 3
+_NO_FUNCDATA = 0xFFFFFFFF
+_MAX_INLINE_DEPTH = 64  # far deeper than Go's inliner goes; guards against loops
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    function: str
+    file: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class FuncRecord:
+    """The fields of one ``_func`` that symbolization needs."""
+
+    entry: int
+    end: int
+    name_off: int
+    pcfile: int
+    pcln: int
+    cu_offset: int
+    pcdata_off: int  # offset in the table of this func's pcdata[] array
+    npcdata: int
+    nfuncdata: int
+    funcdata_off: int  # offset in the table of this func's funcdata[] array
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise CorruptBinaryError(f"pclntab: {what}")
+
+
+def sniff_version(header: bytes) -> PclnVersion | None:
+    """The version a header claims, if its fixed bytes look like a pcHeader."""
+    if len(header) < 16 or header[4] != 0 or header[5] != 0:
+        return None
+    if header[6] not in (1, 2, 4) or header[7] not in (4, 8):
+        return None
+    (magic,) = struct.unpack_from("<I", header, 0)
+    version = MAGICS.get(magic)
+    if version is None:
+        (magic,) = struct.unpack_from(">I", header, 0)
+        version = MAGICS.get(magic)
+    return version
+
+
+class LineTable:
+    """One binary's pclntab.
+
+    ``text_start`` is where entry offsets count from (Go ≥1.18). Go ≥1.26
+    writes 0 in the header, so callers pass moduledata's ``text``; when None
+    the header's value is used. ``gofunc`` is moduledata's ``gofunc`` (base
+    of Go ≥1.18 funcdata offsets) and ``read`` reads other parts of the
+    binary by address; without them inline trees are not expanded.
+    """
+
+    def __init__(
+        self,
+        data: bytes,
+        *,
+        text_start: int | None = None,
+        gofunc: int | None = None,
+        read: Callable[[int, int], bytes] | None = None,
+    ) -> None:
+        if len(data) < 16:
+            raise NotGoError("pclntab: too short for a header")
+        if data[4] != 0 or data[5] != 0 or data[6] not in (1, 2, 4) or data[7] not in (4, 8):
+            raise NotGoError("pclntab: header does not look like Go's")
+        (magic,) = struct.unpack_from("<I", data, 0)
+        order = "<"
+        if magic not in MAGICS:
+            (magic,) = struct.unpack_from(">I", data, 0)
+            order = ">"
+        if magic not in MAGICS:
+            (le,) = struct.unpack_from("<I", data, 0)
+            raise UnsupportedGoError(f"pclntab: unknown magic {le:#010x}")
+        self.data = data
+        self.version = MAGICS[magic]
+        self.order = order
+        self.quantum = data[6]
+        self.ptrsize = data[7]
+        self._ptrfmt = order + ("Q" if self.ptrsize == 8 else "I")
+        self._u32 = struct.Struct(order + "I")
+        self._i32 = struct.Struct(order + "i")
+        self.gofunc = gofunc
+        self._read = read
+        self._names: dict[int, str] = {}
+        self._files: dict[int, str] = {}
+        self._parse_header(text_start)
+        self._index_functions()
+
+    # ---- header -------------------------------------------------------------------------------
+    def _word(self, index: int) -> int:
+        off = 8 + index * self.ptrsize
+        _check(off + self.ptrsize <= len(self.data), "header truncated")
+        return int(struct.unpack_from(self._ptrfmt, self.data, off)[0])
+
+    def _parse_header(self, text_start: int | None) -> None:
+        n = len(self.data)
+        v = self.version
+        self.nfunc = self._word(0)
+        if v == PclnVersion.GO12:
+            self.nfiles = 0
+            self.header_text_start = 0
+            self.text_start = 0
+            self.funcnametab = 0
+            self.cutab = 0
+            self.pctab = 0
+            self.funcdata = 0
+            self.functab = 8 + self.ptrsize
+            self.field_size = self.ptrsize
+            ftsize = (self.nfunc * 2 + 1) * self.field_size
+            _check(self.functab + ftsize + 4 <= n, "function table truncated")
+            self.filetab = self._u32.unpack_from(self.data, self.functab + ftsize)[0]
+            _check(self.filetab + 4 <= n, "file table out of range")
+            self.nfiles = self._u32.unpack_from(self.data, self.filetab)[0]
+            _check(self.filetab + 4 * self.nfiles <= n, "file table truncated")
+        else:
+            self.nfiles = self._word(1)
+            base = 2 if v == PclnVersion.GO116 else 3
+            self.header_text_start = 0 if v == PclnVersion.GO116 else self._word(2)
+            if v == PclnVersion.GO116:
+                self.text_start = 0
+            else:
+                self.text_start = self.header_text_start if text_start is None else text_start
+            self.funcnametab = self._word(base)
+            self.cutab = self._word(base + 1)
+            self.filetab = self._word(base + 2)
+            self.pctab = self._word(base + 3)
+            self.funcdata = self._word(base + 4)
+            self.functab = self.funcdata
+            self.field_size = self.ptrsize if v == PclnVersion.GO116 else 4
+            for name in ("funcnametab", "cutab", "filetab", "pctab", "funcdata"):
+                _check(0 < getattr(self, name) <= n, f"{name} offset out of range")
+        _check(0 < self.nfunc < 1 << 24, f"implausible function count {self.nfunc}")
+        ftsize = (self.nfunc * 2 + 1) * self.field_size
+        _check(self.functab + ftsize <= n, "function table truncated")
+
+    def _index_functions(self) -> None:
+        fmt = self.order + ("I" if self.field_size == 4 else "Q" if self.field_size == 8 else "I")
+        count = self.nfunc * 2 + 1
+        raw = struct.unpack_from(f"{self.order}{count}{fmt[-1]}", self.data, self.functab)
+        base = self.text_start if self.version >= PclnVersion.GO118 else 0
+        entries = [base + x for x in raw[0::2]]
+        offsets = raw[1::2]
+        for i in range(1, len(entries)):
+            if entries[i] < entries[i - 1]:
+                raise CorruptBinaryError("pclntab: function table is not sorted")
+        self.entries: list[int] = entries  # nfunc + 1 items: the last is the end of text
+        self.func_offsets: tuple[int, ...] = offsets
+
+    # ---- primitives ---------------------------------------------------------------------------
+    def _cstring(self, off: int) -> str:
+        data = self.data
+        _check(0 <= off < len(data), "string offset out of range")
+        end = data.find(b"\0", off)
+        _check(end >= 0, "unterminated string")
+        return data[off:end].decode("utf-8", "replace")
+
+    def funcname(self, name_off: int) -> str:
+        s = self._names.get(name_off)
+        if s is None:
+            s = self._cstring(self.funcnametab + name_off)
+            self._names[name_off] = s
+        return s
+
+    def filename(self, cu_offset: int, fileno: int) -> str:
+        # No file (padding past a function's code): "" as debug/gosym says.
+        if fileno < 0 or (fileno == 0 and self.version == PclnVersion.GO12):
+            return ""
+        if self.version == PclnVersion.GO12:
+            key = fileno
+            s = self._files.get(key)
+            if s is None:
+                _check(fileno < self.nfiles, "file index out of range")
+                (off,) = self._u32.unpack_from(self.data, self.filetab + 4 * fileno)
+                s = self._cstring(off)
+                self._files[key] = s
+            return s
+        pos = self.cutab + 4 * (cu_offset + fileno)
+        _check(pos + 4 <= len(self.data), "cu table index out of range")
+        (off,) = self._u32.unpack_from(self.data, pos)
+        if off == 0xFFFFFFFF:
+            return "?"
+        s = self._files.get(off)
+        if s is None:
+            s = self._cstring(self.filetab + off)
+            self._files[off] = s
+        return s
+
+    def pcvalue(self, off: int, entry: int, target: int) -> int:
+        """Value of the pc-value table at ``off`` for ``target`` (-1 if absent).
+
+        Hand-inlined varint decoding: this loop is the symbolizer's hot path.
+        """
+        if off == 0:
+            return -1
+        data = self.data
+        pos = self.pctab + off
+        n = len(data)
+        quantum = self.quantum
+        val = -1
+        pc = entry
+        first = True
+        while pos < n:
+            b = data[pos]
+            pos += 1
+            uv = b & 0x7F
+            shift = 7
+            while b & 0x80:
+                _check(pos < n and shift < 35, "bad varint")
+                b = data[pos]
+                pos += 1
+                uv |= (b & 0x7F) << shift
+                shift += 7
+            if uv == 0 and not first:
+                return -1
+            first = False
+            val += -((uv >> 1) + 1) if uv & 1 else uv >> 1
+            _check(pos < n, "pc-value table truncated")
+            b = data[pos]
+            pos += 1
+            pd = b & 0x7F
+            shift = 7
+            while b & 0x80:
+                _check(pos < n and shift < 35, "bad varint")
+                b = data[pos]
+                pos += 1
+                pd |= (b & 0x7F) << shift
+                shift += 7
+            pc += pd * quantum
+            if target < pc:
+                return val
+        raise CorruptBinaryError("pclntab: pc-value table runs past the end")
+
+    # ---- functions ----------------------------------------------------------------------------
+    def func_index(self, pc: int) -> int:
+        """Index of the function containing ``pc``, or -1."""
+        entries = self.entries
+        if pc < entries[0] or pc >= entries[-1]:
+            return -1
+        return bisect_right(entries, pc) - 1
+
+    def record(self, index: int) -> FuncRecord:
+        data = self.data
+        ps = self.ptrsize
+        off = self.funcdata + self.func_offsets[index]
+        u32 = self._u32
+        v = self.version
+        if v >= PclnVersion.GO118:
+            _check(off + 44 <= len(data), "func record out of range")
+            (entry_off,) = u32.unpack_from(data, off)
+            entry = self.text_start + entry_off
+            fields = off + 4
+            if v == PclnVersion.GO120:
+                nfuncdata = data[off + 43]
+                hdr = 44
+            else:
+                nfuncdata = data[off + 39]
+                hdr = 40
+            cu_offset = u32.unpack_from(data, off + 32)[0]
+        else:
+            _check(off + ps + 36 <= len(data), "func record out of range")
+            entry = int(struct.unpack_from(self._ptrfmt, data, off)[0])
+            fields = off + ps
+            if v == PclnVersion.GO116:
+                nfuncdata = data[fields + 35]
+                hdr = ps + 36
+                cu_offset = u32.unpack_from(data, fields + 28)[0]
+            else:  # Go 1.11-1.15 layout: ..., npcdata, funcID, _[2], nfuncdata
+                nfuncdata = data[fields + 31]
+                hdr = ps + 32
+                cu_offset = 0
+        name_off, _args, _defer, _pcsp, pcfile, pcln, npcdata = struct.unpack_from(
+            self.order + "iiIIIII", data, fields
+        )
+        _check(npcdata < 1 << 10 and entry == self.entries[index], "func record does not match the table")
+        pcdata_off = off + hdr
+        funcdata_off = pcdata_off + 4 * npcdata
+        if v < PclnVersion.GO118 and ps == 8 and funcdata_off & 4:
+            funcdata_off += 4  # uintptr funcdata is pointer-aligned
+        fd_size = 4 if v >= PclnVersion.GO118 else ps
+        _check(funcdata_off + nfuncdata * fd_size <= len(data), "func record truncated")
+        return FuncRecord(
+            entry=entry,
+            end=self.entries[index + 1],
+            name_off=name_off,
+            pcfile=pcfile,
+            pcln=pcln,
+            cu_offset=cu_offset,
+            pcdata_off=pcdata_off,
+            npcdata=npcdata,
+            nfuncdata=nfuncdata,
+            funcdata_off=funcdata_off,
+        )
+
+    def find(self, pc: int) -> FuncRecord | None:
+        i = self.func_index(pc)
+        return None if i < 0 else self.record(i)
+
+    def functions(self) -> Iterator[tuple[str, int, int]]:
+        """(name, entry, end) of every function, in address order."""
+        for i in range(self.nfunc):
+            rec = self.record(i)
+            yield self.funcname(rec.name_off), rec.entry, rec.end
+
+    def pcdata_table(self, rec: FuncRecord, index: int) -> int:
+        if index >= rec.npcdata:
+            return 0
+        return int(self._u32.unpack_from(self.data, rec.pcdata_off + 4 * index)[0])
+
+    def file_line(self, rec: FuncRecord, pc: int) -> tuple[str, int]:
+        fileno = self.pcvalue(rec.pcfile, rec.entry, pc)
+        line = self.pcvalue(rec.pcln, rec.entry, pc)
+        return self.filename(rec.cu_offset, fileno), line
+
+    # ---- answers ------------------------------------------------------------------------------
+    def lookup(self, pc: int) -> Frame | None:
+        """What ``go tool addr2line`` prints: the physical function, and the
+        innermost file:line (inlined code keeps its own position)."""
+        rec = self.find(pc)
+        if rec is None:
+            return None
+        file, line = self.file_line(rec, pc)
+        return Frame(self.funcname(rec.name_off), file, line)
+
+    def frames(self, pc: int) -> list[Frame]:
+        """The inline chain at ``pc``, innermost first; the physical function last."""
+        rec = self.find(pc)
+        if rec is None:
+            return []
+        out: list[Frame] = []
+        tree = self._inline_tree(rec)
+        table = self.pcdata_table(rec, PCDATA_INL_TREE_INDEX) if tree is not None else 0
+        at = pc
+        if tree is not None and table:
+            for _ in range(_MAX_INLINE_DEPTH):
+                ix = self.pcvalue(table, rec.entry, at)
+                if ix < 0:
+                    break
+                name_off, parent_pc = tree(ix)
+                file, line = self.file_line(rec, at)
+                out.append(Frame(self.funcname(name_off), file, line))
+                nxt = rec.entry + parent_pc
+                if not rec.entry <= nxt < rec.end:
+                    raise CorruptBinaryError("pclntab: inline parent outside its function")
+                at = nxt
+        file, line = self.file_line(rec, at)
+        out.append(Frame(self.funcname(rec.name_off), file, line))
+        return out
+
+    def _inline_tree(self, rec: FuncRecord) -> Callable[[int], tuple[int, int]] | None:
+        """Accessor for inlinedCall[ix] -> (name offset, parentPc), or None."""
+        if self._read is None or rec.nfuncdata <= FUNCDATA_INL_TREE:
+            return None
+        if self.version >= PclnVersion.GO118:
+            if self.gofunc is None:
+                return None
+            (rel,) = self._u32.unpack_from(self.data, rec.funcdata_off + 4 * FUNCDATA_INL_TREE)
+            if rel == _NO_FUNCDATA:
+                return None
+            base = self.gofunc + rel
+        else:
+            base = int(
+                struct.unpack_from(self._ptrfmt, self.data, rec.funcdata_off + self.ptrsize * FUNCDATA_INL_TREE)[0]
+            )
+            if base == 0:
+                return None
+        read = self._read
+        order = self.order
+        if self.version == PclnVersion.GO120:
+            size, fmt = 16, order + "4xii4x"  # funcID, _, nameOff, parentPc, startLine
+        else:
+            size, fmt = 20, order + "12xii"  # parent, funcID, _, file, line | func_, parentPc
+
+        def entry(ix: int) -> tuple[int, int]:
+            _check(0 <= ix < 1 << 20, "inline index out of range")
+            name_off, parent_pc = struct.unpack(fmt, read(base + ix * size, size))
+            return int(name_off), int(parent_pc)
+
+        return entry

@@ -1,0 +1,228 @@
+"""Symbolize Go PCs: one opened binary, and a bounded cache of them by build ID.
+
+A node runs many processes of few binaries, so a parsed table is shared by
+every process that maps the same build (key: Go build ID, else GNU build ID,
+else a digest of the table). Each binary also keeps a bounded PC -> frames
+cache: hot PCs repeat every sampling interval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from agent.errors import BinaryError, CorruptBinaryError, NotGoError
+from agent.gobinary.buildinfo import BuildInfo, read_buildinfo
+from agent.gobinary.elf import ElfImage, open_image
+from agent.gobinary.locate import GoTables, locate
+from agent.gobinary.pclntab import Frame, LineTable
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class BoundedCache(Generic[K, V]):
+    """A small LRU: explicit capacity, hit/miss counters for self-metrics."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self._items.move_to_end(key)
+        self.hits += 1
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+            self.evictions += 1
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+@dataclass(frozen=True)
+class BinaryInfo:
+    path: str
+    go_version: str | None
+    go_build_id: str | None
+    gnu_build_id: str | None
+    pclntab_version: str
+    pclntab_location: str
+    functions: int
+    is_pie: bool
+    automaxprocs: bool
+    main_module: str | None
+    default_godebug: str
+
+
+@contextmanager
+def _corrupt_guard(name: str) -> Iterator[None]:
+    """Last line of defence: a parser slip on hostile bytes is still a clean error."""
+    try:
+        yield
+    except (struct.error, IndexError, ValueError, OverflowError, UnicodeError, RecursionError) as exc:
+        if isinstance(exc, BinaryError):
+            raise
+        raise CorruptBinaryError(f"{name}: malformed Go tables ({exc.__class__.__name__}: {exc})") from None
+
+
+class GoBinary:
+    """One parsed Go executable: build info, pclntab, identity."""
+
+    def __init__(self, image: ElfImage, *, pc_cache_size: int = 65536) -> None:
+        with _corrupt_guard(image.name):
+            self._init(image, pc_cache_size)
+
+    def _init(self, image: ElfImage, pc_cache_size: int) -> None:
+        self.image = image
+        try:
+            self.buildinfo: BuildInfo | None = read_buildinfo(image)
+        except BinaryError:
+            self.buildinfo = None  # stripped of buildinfo or pre-1.13: symbolization still works
+        version = self.buildinfo.version_tuple if self.buildinfo else None
+        self.tables: GoTables = locate(image, version[:2] if version else None)
+        self.table = LineTable(
+            self.tables.pclntab,
+            text_start=self.tables.text_start,
+            gofunc=self.tables.gofunc,
+            read=image.read,
+        )
+        self.go_build_id = image.go_build_id()
+        self.gnu_build_id = image.gnu_build_id()
+        self._frames: BoundedCache[int, tuple[Frame, ...]] = BoundedCache(pc_cache_size)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> GoBinary:
+        return cls(open_image(path))
+
+    @property
+    def identity(self) -> str:
+        """A cache key that cannot go stale: same key, same bytes."""
+        if self.go_build_id:
+            return "go:" + self.go_build_id
+        if self.gnu_build_id:
+            return "gnu:" + self.gnu_build_id
+        return "sha256:" + hashlib.sha256(self.tables.pclntab).hexdigest()[:32]
+
+    def addr2line(self, pc: int) -> Frame | None:
+        """What ``go tool addr2line`` answers for a link-time address."""
+        with _corrupt_guard(self.image.name):
+            return self.table.lookup(pc)
+
+    def frames(self, pc: int) -> tuple[Frame, ...]:
+        """Inline-expanded frames at a link-time PC, innermost first (cached)."""
+        cached = self._frames.get(pc)
+        if cached is not None:
+            return cached
+        with self._lock, _corrupt_guard(self.image.name):
+            result = tuple(self.table.frames(pc))
+            self._frames.put(pc, result)
+        return result
+
+    def link_address(self, file_offset: int) -> int | None:
+        """Link-time address of a file offset (runtime PC -> mapping -> offset -> here)."""
+        return self.image.offset_to_addr(file_offset)
+
+    def info(self) -> BinaryInfo:
+        bi = self.buildinfo
+        return BinaryInfo(
+            path=self.image.name,
+            go_version=bi.go_version if bi else None,
+            go_build_id=self.go_build_id,
+            gnu_build_id=self.gnu_build_id,
+            pclntab_version=self.tables.version.name,
+            pclntab_location=self.tables.found_in,
+            functions=self.table.nfunc,
+            is_pie=self.image.is_pie,
+            automaxprocs=bi.automaxprocs if bi else False,
+            main_module=bi.path if bi else None,
+            default_godebug=bi.default_godebug if bi else "",
+        )
+
+
+class BinaryCache:
+    """Parsed binaries by build identity, bounded; shared by every process.
+
+    ``open`` takes a file identity (e.g. (dev, inode, mtime) of /proc/PID/exe)
+    so the expensive parse happens once per build, and remembers failures so
+    a broken binary costs one attempt, not one per sample.
+    """
+
+    def __init__(self, capacity: int = 64, failure_capacity: int = 1024) -> None:
+        self._by_build: BoundedCache[str, GoBinary] = BoundedCache(capacity)
+        self._by_file: BoundedCache[tuple[object, ...], str] = BoundedCache(capacity * 16)
+        self._failures: BoundedCache[tuple[object, ...], BinaryError] = BoundedCache(failure_capacity)
+        self._lock = threading.Lock()
+
+    def get(self, file_key: tuple[object, ...], opener: Callable[[], ElfImage]) -> GoBinary:
+        """The parsed binary for ``file_key``; raises the (remembered) BinaryError."""
+        with self._lock:
+            failure = self._failures.get(file_key)
+            if failure is not None:
+                raise failure
+            build = self._by_file.get(file_key)
+            if build is not None:
+                binary = self._by_build.get(build)
+                if binary is not None:
+                    return binary
+        try:
+            binary = GoBinary(opener())
+        except BinaryError as exc:
+            with self._lock:
+                self._failures.put(file_key, exc)
+            raise
+        with self._lock:
+            existing = self._by_build.get(binary.identity)
+            if existing is not None:
+                binary = existing
+            else:
+                self._by_build.put(binary.identity, binary)
+            self._by_file.put(file_key, binary.identity)
+        return binary
+
+    def open_path(self, path: str | os.PathLike[str]) -> GoBinary:
+        p = Path(path)
+        try:
+            st = p.stat()
+        except OSError as exc:
+            raise BinaryError(f"{p}: cannot stat: {exc.strerror or exc}") from None
+        return self.get((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size), lambda: open_image(p))
+
+    def __len__(self) -> int:
+        return len(self._by_build)
+
+
+def is_go_binary(path: str | os.PathLike[str]) -> bool:
+    try:
+        GoBinary.open(path)
+    except NotGoError:
+        return False
+    return True
