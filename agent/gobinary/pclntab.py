@@ -340,6 +340,27 @@ class LineTable:
         i = self.func_index(pc)
         return None if i < 0 else self.record(i)
 
+    def find_function(self, name: str) -> FuncRecord | None:
+        """The function named ``name`` (first match), without decoding every record."""
+        needle = name.encode() + b"\0"
+        data = self.data
+        base = self.funcnametab
+        wanted: set[int] = set()
+        pos = base
+        while (i := data.find(needle, pos)) >= 0:
+            if i == base or data[i - 1] == 0:
+                wanted.add(i - base)
+            pos = i + 1
+        if not wanted:
+            return None
+        name_at = 4 if self.version >= PclnVersion.GO118 else self.ptrsize
+        i32 = self._i32
+        for index, off in enumerate(self.func_offsets):
+            pos = self.funcdata + off + name_at
+            if pos + 4 <= len(data) and i32.unpack_from(data, pos)[0] in wanted:
+                return self.record(index)
+        return None
+
     def functions(self) -> Iterator[tuple[str, int, int]]:
         """(name, entry, end) of every function, in address order."""
         for i in range(self.nfunc):

@@ -1,0 +1,108 @@
+"""Verdicts and recommendations, and GOMAXPROCS inference rules (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.gomaxprocs import Facts, Gomaxprocs, go125_default, godebug_setting, infer, parse_env_gomaxprocs
+from agent.goruntime import Category
+from agent.verdict import Evidence, Verdict, judge, recommended_gomaxprocs
+
+SH = {Category.SCHEDULER: 0.13, Category.GC: 0.16, Category.RUNTIME_OTHER: 0.1, Category.USER: 0.61}
+
+
+@pytest.mark.parametrize(
+    ("limit", "cpus", "expected"),
+    [(None, 64, None), (1.0, 64, 2), (0.5, 64, 2), (1.5, 64, 2), (2.0, 64, 2), (2.1, 64, 3), (4.0, 64, 4),
+     (4.0, 2, 2), (1.0, 1, 1), (16.0, 192, 16), (0.01, 8, 2)],
+)
+def test_recommended(limit: float | None, cpus: int, expected: int | None) -> None:
+    assert recommended_gomaxprocs(limit, cpus) == expected
+
+
+def ev(g: int | None, limit: float | None, cpus: int = 64, **kw: object) -> Evidence:
+    return Evidence(gomaxprocs=g, gomaxprocs_source="live", limit_cores=limit, affinity_cpus=cpus, shares=SH,
+                    samples=1000, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("g", "limit", "cpus", "verdict"),
+    [
+        (64, 1.0, 64, Verdict.ABOVE),
+        (1, 1.0, 64, Verdict.OK),
+        (2, 1.0, 64, Verdict.OK),  # what Go 1.25 picks
+        (3, 1.0, 64, Verdict.ABOVE),
+        (1, 4.0, 64, Verdict.BELOW),
+        (3, 4.0, 64, Verdict.BELOW),
+        (4, 4.0, 64, Verdict.OK),
+        (5, 4.0, 64, Verdict.ABOVE),
+        (2, 2.5, 64, Verdict.OK),  # floor(2.5)=2 is not "below"
+        (3, 2.5, 64, Verdict.OK),
+        (2, 1.0, 2, Verdict.OK),
+        (64, None, 64, Verdict.NO_LIMIT),
+        (None, 1.0, 64, Verdict.UNKNOWN),
+    ],
+)
+def test_verdicts(g: int | None, limit: float | None, cpus: int, verdict: Verdict) -> None:
+    assert judge(ev(g, limit, cpus)).verdict == verdict
+
+
+def test_above_explains_and_fixes() -> None:
+    j = judge(ev(64, 1.0))
+    assert j.recommended == 2
+    assert "GOMAXPROCS=64" in j.explanation and "scheduler 13%" in j.explanation and "GC 16%" in j.explanation
+    assert "resourceFieldRef" in j.fix and "automaxprocs" in j.fix and "1.25" in j.fix
+    literal = judge(ev(64, 1.0, spec_gomaxprocs="literal:64"))
+    assert "pod spec sets GOMAXPROCS=64" in literal.fix
+    off = judge(ev(64, 1.0, containermaxprocs_off=True))
+    assert "containermaxprocs=0" in off.fix
+
+
+def test_unknown_carries_reason() -> None:
+    j = judge(ev(None, 1.0, unknown_reason="process memory unreadable: permission denied"))
+    assert j.verdict == Verdict.UNKNOWN and "permission denied" in j.explanation
+
+
+def facts(**kw: object) -> Facts:
+    base: dict[str, object] = dict(go_version=(1, 21, 0), env_gomaxprocs=None, env_godebug=None, default_godebug="",
+                                   automaxprocs=False, affinity_cpus=64, leaf_limit=1.0, effective_limit=1.0)
+    base.update(kw)
+    return Facts(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [
+        ({}, Gomaxprocs(64, "inferred:cpus")),
+        ({"env_gomaxprocs": "8"}, Gomaxprocs(8, "inferred:env")),
+        ({"env_gomaxprocs": "0"}, Gomaxprocs(64, "inferred:cpus")),  # ignored by Go
+        ({"env_gomaxprocs": "x"}, Gomaxprocs(64, "inferred:cpus")),
+        ({"automaxprocs": True, "effective_limit": 2.7}, Gomaxprocs(2, "inferred:automaxprocs")),
+        ({"automaxprocs": True, "effective_limit": 0.5}, Gomaxprocs(1, "inferred:automaxprocs")),
+        ({"automaxprocs": True, "effective_limit": None}, Gomaxprocs(64, "inferred:automaxprocs")),
+        ({"automaxprocs": True, "env_gomaxprocs": "3"}, Gomaxprocs(3, "inferred:env")),
+        ({"go_version": (1, 25, 0)}, Gomaxprocs(2, "inferred:go125-cgroup")),
+        ({"go_version": (1, 25, 0), "leaf_limit": 3.2}, Gomaxprocs(4, "inferred:go125-cgroup")),
+        ({"go_version": (1, 25, 0), "leaf_limit": None}, Gomaxprocs(64, "inferred:go125-cgroup")),
+        ({"go_version": (1, 25, 0), "default_godebug": "containermaxprocs=0,x=1"}, Gomaxprocs(64, "inferred:cpus")),
+        ({"go_version": (1, 25, 0), "default_godebug": "containermaxprocs=0", "env_godebug": "containermaxprocs=1"},
+         Gomaxprocs(2, "inferred:go125-cgroup")),
+        ({"go_version": (1, 27, 3), "env_godebug": "containermaxprocs=0"}, Gomaxprocs(64, "inferred:cpus")),
+        ({"go_version": (1, 24, 9)}, Gomaxprocs(64, "inferred:cpus")),
+        ({"go_version": None}, Gomaxprocs(64, "inferred:cpus")),
+    ],
+)
+def test_inference(kw: dict[str, object], expected: Gomaxprocs) -> None:
+    got = infer(facts(**kw))
+    assert (got.value, got.source) == (expected.value, expected.source)
+
+
+def test_helpers() -> None:
+    assert parse_env_gomaxprocs(" 12\n") == 12
+    assert parse_env_gomaxprocs("-1") is None
+    assert godebug_setting("a", "a=2", "a=1,b=3") == "2"
+    assert godebug_setting("b", "a=2", "a=1,b=3") == "3"
+    assert godebug_setting("c", None, "") is None
+    assert godebug_setting("a", "a=1,a=0", "") == "0"  # last wins
+    assert go125_default(8, 0.5) == 2
+    assert go125_default(1, 0.5) == 1
