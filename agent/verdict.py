@@ -78,7 +78,7 @@ def _fix(e: Evidence, recommended: int) -> str:
             f"set GOMAXPROCS={recommended} (env from resourceFieldRef limits.cpu), or drop containermaxprocs=0 "
             "(GODEBUG, or a go.mod go directive <= 1.24) so Go's container-aware default applies"
         )
-    if e.gomaxprocs_source == "inferred:env" or e.gomaxprocs_source == "live" and e.spec_gomaxprocs:
+    if e.gomaxprocs_source == "inferred:env" or (e.gomaxprocs_source == "live" and e.spec_gomaxprocs):
         return f"set GOMAXPROCS={recommended}, e.g. env valueFrom.resourceFieldRef {{resource: limits.cpu}}"
     return (
         f"set env GOMAXPROCS from the Downward API (resourceFieldRef: limits.cpu) = {recommended}, "

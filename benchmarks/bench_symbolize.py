@@ -43,8 +43,14 @@ def build_reference() -> Path:
     newest_src = max(p.stat().st_mtime for p in src.iterdir())
     if not out.exists() or out.stat().st_mtime < newest_src:
         out.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, GOTOOLCHAIN="local", GOFLAGS="-mod=mod", CGO_ENABLED="0",
-                   GOCACHE=str(cache_dir() / "gocache"), GOPATH=str(cache_dir() / "gopath"))
+        env = dict(
+            os.environ,
+            GOTOOLCHAIN="local",
+            GOFLAGS="-mod=mod",
+            CGO_ENABLED="0",
+            GOCACHE=str(cache_dir() / "gocache"),
+            GOPATH=str(cache_dir() / "gopath"),
+        )
         subprocess.run([str(tc.go), "build", "-o", str(out), "."], cwd=src, env=env, check=True)
     return out
 
@@ -125,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"binary            {args.binary} ({table.nfunc} functions), {args.pcs} PCs, best of {args.repeat}")
         print(f"node-agent        {ours.wall_s:.3f} s   {ours.max_rss_kb / 1024:.1f} MiB peak RSS")
         print(f"Go debug/gosym    {theirs.wall_s:.3f} s   {theirs.max_rss_kb / 1024:.1f} MiB peak RSS")
-        print(f"ratio             {result['wall_ratio']}x time (target <= 2)   {result['rss_ratio']}x RSS (target <= 2)")
+        print(
+            f"ratio             {result['wall_ratio']}x time (target <= 2)   {result['rss_ratio']}x RSS (target <= 2)"
+        )
         print(f"cached lookup     {cached_us:.3f} us (target well under 1 us)")
-    ok = result["wall_ratio"] <= 2.0 and result["rss_ratio"] <= 2.0 and cached_us < 1.0  # type: ignore[operator]
+    ok = result["wall_ratio"] <= 2.0 and result["rss_ratio"] <= 2.0 and cached_us < 1.0
     return 0 if ok else 1
 
 

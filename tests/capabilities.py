@@ -15,9 +15,10 @@ import pytest
 
 
 def strict() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"} or os.environ.get(
-        "NODE_AGENT_STRICT", ""
-    ) not in {"", "0"}
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"} or os.environ.get("NODE_AGENT_STRICT", "") not in {
+        "",
+        "0",
+    }
 
 
 def missing(what: str) -> NoReturn:

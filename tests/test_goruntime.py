@@ -12,15 +12,46 @@ S, G, R, U = Category.SCHEDULER, Category.GC, Category.RUNTIME_OTHER, Category.U
 @pytest.mark.parametrize(
     ("stack", "expected"),
     [
-        (["runtime.futex", "runtime.futexsleep", "runtime.notesleep", "runtime.stopm", "runtime.findRunnable",
-          "runtime.schedule", "runtime.park_m", "runtime.mcall"], S),
+        (
+            [
+                "runtime.futex",
+                "runtime.futexsleep",
+                "runtime.notesleep",
+                "runtime.stopm",
+                "runtime.findRunnable",
+                "runtime.schedule",
+                "runtime.park_m",
+                "runtime.mcall",
+            ],
+            S,
+        ),
         (["runtime.runqsteal", "runtime.stealWork", "runtime.findRunnable", "runtime.schedule"], S),
         (["runtime.findrunnable", "runtime.schedule"], S),  # Go <= 1.20 spelling
         (["runtime.schedule", "runtime.goschedImpl"], S),
-        (["runtime.scanobject", "runtime.gcDrain", "runtime.gcBgMarkWorker.func2", "runtime.systemstack",
-          "runtime.gcBgMarkWorker", "runtime.goexit"], G),
-        (["runtime.scanobject", "runtime.gcDrainN", "runtime.gcAssistAlloc1", "runtime.gcAssistAlloc.func1",
-          "runtime.systemstack", "runtime.gcAssistAlloc", "runtime.mallocgc", "main.handler"], G),
+        (
+            [
+                "runtime.scanobject",
+                "runtime.gcDrain",
+                "runtime.gcBgMarkWorker.func2",
+                "runtime.systemstack",
+                "runtime.gcBgMarkWorker",
+                "runtime.goexit",
+            ],
+            G,
+        ),
+        (
+            [
+                "runtime.scanobject",
+                "runtime.gcDrainN",
+                "runtime.gcAssistAlloc1",
+                "runtime.gcAssistAlloc.func1",
+                "runtime.systemstack",
+                "runtime.gcAssistAlloc",
+                "runtime.mallocgc",
+                "main.handler",
+            ],
+            G,
+        ),
         (["runtime.(*mspan).sweep", "runtime.sweepone", "runtime.bgsweep"], G),
         (["runtime.(*pageAlloc).scavenge", "runtime.bgscavenge"], G),
         # scheduler wins over GC when both appear (checked first)

@@ -13,16 +13,28 @@ SH = {Category.SCHEDULER: 0.13, Category.GC: 0.16, Category.RUNTIME_OTHER: 0.1, 
 
 @pytest.mark.parametrize(
     ("limit", "cpus", "expected"),
-    [(None, 64, None), (1.0, 64, 2), (0.5, 64, 2), (1.5, 64, 2), (2.0, 64, 2), (2.1, 64, 3), (4.0, 64, 4),
-     (4.0, 2, 2), (1.0, 1, 1), (16.0, 192, 16), (0.01, 8, 2)],
+    [
+        (None, 64, None),
+        (1.0, 64, 2),
+        (0.5, 64, 2),
+        (1.5, 64, 2),
+        (2.0, 64, 2),
+        (2.1, 64, 3),
+        (4.0, 64, 4),
+        (4.0, 2, 2),
+        (1.0, 1, 1),
+        (16.0, 192, 16),
+        (0.01, 8, 2),
+    ],
 )
 def test_recommended(limit: float | None, cpus: int, expected: int | None) -> None:
     assert recommended_gomaxprocs(limit, cpus) == expected
 
 
 def ev(g: int | None, limit: float | None, cpus: int = 64, **kw: object) -> Evidence:
-    return Evidence(gomaxprocs=g, gomaxprocs_source="live", limit_cores=limit, affinity_cpus=cpus, shares=SH,
-                    samples=1000, **kw)  # type: ignore[arg-type]
+    return Evidence(
+        gomaxprocs=g, gomaxprocs_source="live", limit_cores=limit, affinity_cpus=cpus, shares=SH, samples=1000, **kw
+    )  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -64,8 +76,16 @@ def test_unknown_carries_reason() -> None:
 
 
 def facts(**kw: object) -> Facts:
-    base: dict[str, object] = dict(go_version=(1, 21, 0), env_gomaxprocs=None, env_godebug=None, default_godebug="",
-                                   automaxprocs=False, affinity_cpus=64, leaf_limit=1.0, effective_limit=1.0)
+    base: dict[str, object] = {
+        "go_version": (1, 21, 0),
+        "env_gomaxprocs": None,
+        "env_godebug": None,
+        "default_godebug": "",
+        "automaxprocs": False,
+        "affinity_cpus": 64,
+        "leaf_limit": 1.0,
+        "effective_limit": 1.0,
+    }
     base.update(kw)
     return Facts(**base)  # type: ignore[arg-type]
 
@@ -85,8 +105,10 @@ def facts(**kw: object) -> Facts:
         ({"go_version": (1, 25, 0), "leaf_limit": 3.2}, Gomaxprocs(4, "inferred:go125-cgroup")),
         ({"go_version": (1, 25, 0), "leaf_limit": None}, Gomaxprocs(64, "inferred:go125-cgroup")),
         ({"go_version": (1, 25, 0), "default_godebug": "containermaxprocs=0,x=1"}, Gomaxprocs(64, "inferred:cpus")),
-        ({"go_version": (1, 25, 0), "default_godebug": "containermaxprocs=0", "env_godebug": "containermaxprocs=1"},
-         Gomaxprocs(2, "inferred:go125-cgroup")),
+        (
+            {"go_version": (1, 25, 0), "default_godebug": "containermaxprocs=0", "env_godebug": "containermaxprocs=1"},
+            Gomaxprocs(2, "inferred:go125-cgroup"),
+        ),
         ({"go_version": (1, 27, 3), "env_godebug": "containermaxprocs=0"}, Gomaxprocs(64, "inferred:cpus")),
         ({"go_version": (1, 24, 9)}, Gomaxprocs(64, "inferred:cpus")),
         ({"go_version": None}, Gomaxprocs(64, "inferred:cpus")),

@@ -253,9 +253,7 @@ class ElfImage:
 def _sh_type(value: Any) -> int:
     if isinstance(value, int):
         return value
-    return {"SHT_NOBITS": SHT_NOBITS, "SHT_SYMTAB": SHT_SYMTAB, "SHT_RELA": SHT_RELA, "SHT_NOTE": 7}.get(
-        str(value), 1
-    )
+    return {"SHT_NOBITS": SHT_NOBITS, "SHT_SYMTAB": SHT_SYMTAB, "SHT_RELA": SHT_RELA, "SHT_NOTE": 7}.get(str(value), 1)
 
 
 class _Stream:

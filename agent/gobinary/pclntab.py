@@ -313,9 +313,7 @@ class LineTable:
                 nfuncdata = data[fields + 31]
                 hdr = ps + 32
                 cu_offset = 0
-        name_off, _args, _defer, _pcsp, pcfile, pcln, npcdata = struct.unpack_from(
-            self.order + "iiIIIII", data, fields
-        )
+        name_off, _args, _defer, _pcsp, pcfile, pcln, npcdata = struct.unpack_from(self.order + "iiIIIII", data, fields)
         _check(npcdata < 1 << 10 and entry == self.entries[index], "func record does not match the table")
         pcdata_off = off + hdr
         funcdata_off = pcdata_off + 4 * npcdata
