@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from agent.gomaxprocs import Facts, Gomaxprocs, go125_default, godebug_setting, infer, parse_env_gomaxprocs
@@ -31,10 +33,10 @@ def test_recommended(limit: float | None, cpus: int, expected: int | None) -> No
     assert recommended_gomaxprocs(limit, cpus) == expected
 
 
-def ev(g: int | None, limit: float | None, cpus: int = 64, **kw: object) -> Evidence:
+def ev(g: int | None, limit: float | None, cpus: int = 64, **kw: Any) -> Evidence:
     return Evidence(
         gomaxprocs=g, gomaxprocs_source="live", limit_cores=limit, affinity_cpus=cpus, shares=SH, samples=1000, **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 @pytest.mark.parametrize(
