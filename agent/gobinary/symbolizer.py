@@ -13,7 +13,7 @@ import os
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +146,17 @@ class GoBinary:
             result = tuple(self.table.frames(pc))
             self._frames.put(pc, result)
         return result
+
+    def load_bias(self, exe_mappings: Iterable[tuple[int, int]]) -> int | None:
+        """runtime address - link address, from (start, file offset) of the exe's mappings.
+
+        0 for a non-PIE executable; None when no mapping lies in a load segment.
+        """
+        for start, offset in exe_mappings:
+            link = self.image.offset_to_addr(offset)
+            if link is not None:
+                return start - link
+        return None
 
     def link_address(self, file_offset: int) -> int | None:
         """Link-time address of a file offset (runtime PC -> mapping -> offset -> here)."""

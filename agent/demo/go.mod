@@ -1,0 +1,3 @@
+module nodeagent.example/demo
+
+go 1.19
