@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from agent.errors import BinaryError, NotGoError
+from agent.errors import BinaryError, NotGoError, UnsupportedGoError
 from agent.gobinary.elf import ElfImage, Section
 from agent.gobinary.pclntab import MAGICS, PclnVersion, sniff_version
 
@@ -53,6 +53,9 @@ def locate(image: ElfImage, go_version: tuple[int, int] | None = None) -> GoTabl
     data = _table_bytes(image, addr, md)
     version = sniff_version(data[:16])
     if version is None:
+        if len(data) >= 8 and data[4:6] == b"\0\0" and data[6] in (1, 2, 4) and data[7] in (4, 8):
+            (magic,) = struct.unpack_from(image.endian + "I", data, 0)
+            raise UnsupportedGoError(f"{image.name}: pclntab has unknown magic {magic:#010x} ({found_in})")
         raise NotGoError(f"{image.name}: pclntab header at {addr:#x} is not valid")
     text_start = gofunc = None
     if md is not None:
