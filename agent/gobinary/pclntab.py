@@ -130,6 +130,10 @@ class LineTable:
         self._files: dict[int, str] = {}
         self._parse_header(text_start)
         self._index_functions()
+        # (nameoff, pcfile, pcln, cuOffset) of a _func, for lookup()'s fast path. Go 1.2
+        # has no CU offset there (the 4th value is then unused padding).
+        self._fields_at = 4 if self.version >= PclnVersion.GO118 else self.ptrsize
+        self._fields = struct.Struct(order + "i12xII4xI")
 
     # ---- header -------------------------------------------------------------------------------
     def _word(self, index: int) -> int:
@@ -234,46 +238,54 @@ class LineTable:
         """Value of the pc-value table at ``off`` for ``target`` (-1 if absent).
 
         Hand-inlined varint decoding: this loop is the symbolizer's hot path.
+        Running off the end of the data is caught once, outside the loop.
         """
         if off == 0:
             return -1
         data = self.data
         pos = self.pctab + off
-        n = len(data)
         quantum = self.quantum
         val = -1
         pc = entry
         first = True
-        while pos < n:
-            b = data[pos]
-            pos += 1
-            uv = b & 0x7F
-            shift = 7
-            while b & 0x80:
-                _check(pos < n and shift < 35, "bad varint")
+        try:
+            while True:
                 b = data[pos]
                 pos += 1
-                uv |= (b & 0x7F) << shift
-                shift += 7
-            if uv == 0 and not first:
-                return -1
-            first = False
-            val += -((uv >> 1) + 1) if uv & 1 else uv >> 1
-            _check(pos < n, "pc-value table truncated")
-            b = data[pos]
-            pos += 1
-            pd = b & 0x7F
-            shift = 7
-            while b & 0x80:
-                _check(pos < n and shift < 35, "bad varint")
+                if b < 0x80:
+                    uv = b
+                else:
+                    uv = b & 0x7F
+                    shift = 7
+                    while b & 0x80:
+                        b = data[pos]
+                        pos += 1
+                        uv |= (b & 0x7F) << shift
+                        shift += 7
+                        if shift > 35:
+                            raise CorruptBinaryError("pclntab: bad varint")
+                if uv == 0 and not first:
+                    return -1
+                first = False
+                val += -((uv >> 1) + 1) if uv & 1 else uv >> 1
                 b = data[pos]
                 pos += 1
-                pd |= (b & 0x7F) << shift
-                shift += 7
-            pc += pd * quantum
-            if target < pc:
-                return val
-        raise CorruptBinaryError("pclntab: pc-value table runs past the end")
+                if b >= 0x80:
+                    pd = b & 0x7F
+                    shift = 7
+                    while b & 0x80:
+                        b = data[pos]
+                        pos += 1
+                        pd |= (b & 0x7F) << shift
+                        shift += 7
+                        if shift > 35:
+                            raise CorruptBinaryError("pclntab: bad varint")
+                    b = pd
+                pc += b * quantum
+                if target < pc:
+                    return val
+        except IndexError:
+            raise CorruptBinaryError("pclntab: pc-value table runs past the end") from None
 
     # ---- functions ----------------------------------------------------------------------------
     def func_index(self, pc: int) -> int:
@@ -378,12 +390,23 @@ class LineTable:
     # ---- answers ------------------------------------------------------------------------------
     def lookup(self, pc: int) -> Frame | None:
         """What ``go tool addr2line`` prints: the physical function, and the
-        innermost file:line (inlined code keeps its own position)."""
-        rec = self.find(pc)
-        if rec is None:
+        innermost file:line (inlined code keeps its own position).
+
+        The hot path of symbolization: reads just the _func fields it needs
+        with one precompiled struct instead of building a FuncRecord.
+        """
+        entries = self.entries
+        if pc < entries[0] or pc >= entries[-1]:
             return None
-        file, line = self.file_line(rec, pc)
-        return Frame(self.funcname(rec.name_off), file, line)
+        index = bisect_right(entries, pc) - 1
+        off = self.funcdata + self.func_offsets[index] + self._fields_at
+        if off + self._fields.size > len(self.data):
+            raise CorruptBinaryError("pclntab: func record out of range")
+        name_off, pcfile, pcln, cu = self._fields.unpack_from(self.data, off)
+        entry = entries[index]
+        fileno = self.pcvalue(pcfile, entry, pc)
+        line = self.pcvalue(pcln, entry, pc)
+        return Frame(self.funcname(name_off), self.filename(cu, fileno), line)
 
     def frames(self, pc: int) -> list[Frame]:
         """The inline chain at ``pc``, innermost first; the physical function last."""
