@@ -320,7 +320,7 @@ _MAPS_LINE = re.compile(
 
 
 def split_deleted(path: str) -> tuple[str, bool]:
-    """"/x/app (deleted)" -> ("/x/app", True): the kernel's marker for an unlinked file."""
+    """Remove the kernel's " (deleted)" marker of an unlinked file: -> (path, deleted)."""
     if path.endswith(DELETED_SUFFIX):
         return path[: -len(DELETED_SUFFIX)], True
     return path, False
@@ -611,7 +611,9 @@ class ProcFS:
             cgroup = _optional(errors, lambda: d.read_text("cgroup"))
             last = d.stat()
         if last.start_time != first.start_time:
-            raise ProcessReusedError(f"pid {pid}: reused during the read (start time {first.start_time} -> {last.start_time})")
+            raise ProcessReusedError(
+                f"pid {pid}: reused during the read (start time {first.start_time} -> {last.start_time})"
+            )
         if last.dead:
             raise ProcessGoneError(f"pid {pid}: exited during the read (state {last.state})")
         return ProcessInfo(
