@@ -56,20 +56,31 @@ def build_reference() -> Path:
 
 
 def timed(cmd: list[str], stdin_path: Path | None = None) -> Run:
-    """Wall time and peak RSS of one child, from wait4's rusage."""
-    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
-    try:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    finally:
-        if stdin_path:
-            stdin.close()  # type: ignore[union-attr]
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd[0]} failed with status {proc.returncode}")
-    return Run(wall, usage.ru_maxrss)
+    """Wall time and peak RSS of one command, measured by /usr/bin/time.
+
+    Peak RSS comes from /usr/bin/time, not os.wait4 here: a forked child's
+    ru_maxrss starts at its parent's RSS, and this process holds a parsed
+    50 MB binary. Wall time is taken around the whole command (10 ms
+    resolution of time(1) is too coarse).
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as out:
+        stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            start = time.perf_counter()
+            proc = subprocess.run(
+                ["/usr/bin/time", "-o", out.name, "-f", "%M", *cmd],
+                stdin=stdin,
+                stdout=subprocess.DEVNULL,
+                check=False,
+            )
+            wall = time.perf_counter() - start
+        finally:
+            if stdin_path:
+                stdin.close()  # type: ignore[union-attr]
+        if proc.returncode != 0:
+            raise SystemExit(f"{cmd[0]} failed with status {proc.returncode}")
+        rss = out.read().split()[-1]
+    return Run(wall, int(rss))
 
 
 def best(runs: list[Run]) -> Run:

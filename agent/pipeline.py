@@ -1,0 +1,280 @@
+"""One window of samples -> one row per Go process: the join of every stage.
+
+This is where I/O meets computation: it asks procfs who each sampled tgid is,
+opens (once per build) its binary, reads its cgroup and its live GOMAXPROCS,
+then hands plain data to the pure stages (attribution, inference, verdict).
+Every per-process failure is caught here, counted by kind and reported with
+the row or in the result's errors: one odd process costs that process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent.attribution import attribute
+from agent.errors import BinaryError, NodeAgentError, NotGoError, ProcessGoneError
+from agent.gobinary.elf import open_image
+from agent.gobinary.symbolizer import BinaryCache, BoundedCache, GoBinary
+from agent.gomaxprocs import Facts, Gomaxprocs, godebug_setting, gomaxprocs_address, infer, read_live
+from agent.model import GoProcessReport, OtherSummary, ScanResult
+from agent.procfs import ProcessInfo, ProcFS
+from agent.sampler import DrainResult
+from agent.verdict import Evidence, judge
+
+
+@dataclass(frozen=True)
+class Throttle:
+    nr_periods: int
+    nr_throttled: int
+    throttled_seconds: float
+
+
+@dataclass(frozen=True)
+class CgroupFacts:
+    """What the pipeline needs to know about one process's cgroup."""
+
+    path: str
+    name: str  # readable: "namespace/pod/container"-free name from the path
+    pod_uid: str | None = None
+    container_id: str | None = None
+    qos: str | None = None
+    effective_limit: float | None = None  # cores, min over the cgroup and its ancestors
+    leaf_limit: float | None = None  # cores, the process's own cgroup (what Go 1.25 reads)
+    throttle: Throttle | None = None
+    throttle_key: str = ""  # which cgroup the counters belong to
+
+
+class CgroupSource(Protocol):
+    def facts(self, proc_cgroup_text: str) -> CgroupFacts: ...
+
+    def throttle(self, key: str) -> Throttle | None: ...
+
+
+@dataclass(frozen=True)
+class WorkloadMeta:
+    namespace: str
+    pod: str
+    container: str | None
+    owner: str | None = None  # "Deployment/web"
+    spec_gomaxprocs: str | None = None  # "literal:64", "resourceFieldRef:limits.cpu", ...
+    limit_cores: float | None = None
+
+
+class KubeSource(Protocol):
+    def lookup(self, pod_uid: str, container_id: str | None) -> WorkloadMeta | None: ...
+
+
+@dataclass
+class PipelineStats:
+    """Per-kind counts of skipped items, for node_agent_errors_total."""
+
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        procfs: ProcFS,
+        cgroups: CgroupSource,
+        *,
+        kube: KubeSource | None = None,
+        binaries: BinaryCache | None = None,
+        host_cpus: int | None = None,
+    ) -> None:
+        self.procfs = procfs
+        self.cgroups = cgroups
+        self.kube = kube
+        self.binaries = binaries or BinaryCache()
+        self.host_cpus = host_cpus or os.cpu_count() or 1
+        self.stats = PipelineStats()
+        self._addr_cache: BoundedCache[str, tuple[int, str] | None] = BoundedCache(256)
+        self._throttle_start: dict[str, Throttle] = {}
+
+    # ---- window bookkeeping -------------------------------------------------------------------
+    def begin_window(self, pids: Iterable[int] | None = None) -> None:
+        """Remember every cgroup's throttling counters, to report the window's share."""
+        start: dict[str, Throttle] = {}
+        for pid in self.procfs.list_pids() if pids is None else pids:
+            try:
+                facts = self.cgroups.facts(self.procfs.read_cgroup(pid))
+            except (NodeAgentError, OSError):
+                continue
+            if facts.throttle is not None and facts.throttle_key not in start:
+                start[facts.throttle_key] = facts.throttle
+        self._throttle_start = start
+
+    def _throttled_ratio(self, facts: CgroupFacts) -> float | None:
+        end = facts.throttle
+        if end is None:
+            return None
+        begin = self._throttle_start.get(facts.throttle_key, Throttle(0, 0, 0.0))
+        periods = end.nr_periods - begin.nr_periods
+        if periods <= 0:
+            return 0.0 if facts.effective_limit is not None else None
+        return max(0.0, min(1.0, (end.nr_throttled - begin.nr_throttled) / periods))
+
+    # ---- the join -----------------------------------------------------------------------------
+    def run(self, drain: DrainResult, *, frequency_hz: int, duration_s: float) -> ScanResult:
+        by_tgid: dict[int, list[tuple[tuple[int, ...], int]]] = defaultdict(list)
+        for s in drain.samples:
+            by_tgid[s.tgid].append((s.user_stack, s.count))
+        go: list[GoProcessReport] = []
+        other = OtherSummary()
+        other_comms: Counter[str] = Counter()
+        exited = 0
+        errors: list[str] = []
+        for tgid, stacks in sorted(by_tgid.items()):
+            count = sum(n for _, n in stacks)
+            try:
+                info = self.procfs.snapshot(tgid)
+            except ProcessGoneError:
+                exited += count
+                self.stats.errors["process_gone"] += 1
+                continue
+            except NodeAgentError as exc:
+                self.stats.errors["process_unreadable"] += 1
+                errors.append(f"pid {tgid}: {exc.describe()}")
+                continue
+            if info is None:  # kernel thread
+                other.samples += count
+                other_comms[f"[{tgid}]"] += count
+                continue
+            binary = self._binary(info)
+            if binary is None:
+                other.processes += 1
+                other.samples += count
+                other_comms[info.comm] += count
+                continue
+            try:
+                go.append(self._report(info, binary, stacks, frequency_hz))
+            except NodeAgentError as exc:
+                self.stats.errors["report_failed"] += 1
+                errors.append(f"pid {tgid} ({info.comm}): {exc.describe()}")
+        other.top = other_comms.most_common(10)
+        return ScanResult(
+            duration_s=duration_s,
+            frequency_hz=frequency_hz,
+            total_samples=drain.busy_samples,
+            go=go,
+            other=other,
+            lost=dict(drain.lost),
+            exited_samples=exited,
+            errors=errors,
+        )
+
+    def _binary(self, info: ProcessInfo) -> GoBinary | None:
+        exe = info.exe
+        if exe is None:
+            return None
+        try:
+            return self.binaries.get(exe.file_key, lambda: open_image(exe.open_path))
+        except NotGoError:
+            return None
+        except BinaryError:
+            self.stats.errors["binary_unreadable"] += 1
+            return None
+
+    def _gomaxprocs(self, info: ProcessInfo, binary: GoBinary, bias: int | None, facts: Facts) -> Gomaxprocs:
+        ident = binary.identity
+        if ident not in self._addr_cache:
+            self._addr_cache.put(ident, gomaxprocs_address(binary))
+        found = self._addr_cache.get(ident)
+        why = "no address for runtime.gomaxprocs"
+        if found is not None and bias is not None:
+            try:
+                value = read_live(self.procfs.memory_reader(info.key), found[0] + bias)
+                return Gomaxprocs(value, "live", f"runtime.gomaxprocs via {found[1]}")
+            except (NodeAgentError, OSError) as exc:
+                why = f"memory unreadable: {exc}"
+                self.stats.errors["gomaxprocs_unreadable"] += 1
+        guess = infer(facts)
+        return Gomaxprocs(guess.value, guess.source, f"{guess.detail} ({why})")
+
+    def _report(
+        self,
+        info: ProcessInfo,
+        binary: GoBinary,
+        stacks: list[tuple[tuple[int, ...], int]],
+        frequency_hz: int,
+    ) -> GoProcessReport:
+        bias = binary.load_bias((m.start, m.offset) for m in info.exe_mappings())
+        profile = attribute(binary, bias or 0, stacks)
+        problems = list(info.errors)
+        cg: CgroupFacts
+        try:
+            cg = self.cgroups.facts(info.cgroup or "")
+        except NodeAgentError as exc:
+            self.stats.errors["cgroup_unreadable"] += 1
+            problems.append(f"cgroup: {exc.describe()}")
+            cg = CgroupFacts(path="?", name=info.comm)
+        meta = None
+        if self.kube is not None and cg.pod_uid:
+            meta = self.kube.lookup(cg.pod_uid, cg.container_id)
+        bi = binary.buildinfo
+        version = bi.version_tuple if bi else None
+        affinity = info.affinity_cpus or self.host_cpus
+        facts = Facts(
+            go_version=version,
+            env_gomaxprocs=info.gomaxprocs_env,
+            env_godebug=info.godebug_env,
+            default_godebug=bi.default_godebug if bi else "",
+            automaxprocs=bi.automaxprocs if bi else False,
+            affinity_cpus=affinity,
+            leaf_limit=cg.leaf_limit,
+            effective_limit=cg.effective_limit,
+        )
+        gmp = self._gomaxprocs(info, binary, bias, facts)
+        off = (
+            version is not None
+            and godebug_setting("containermaxprocs", info.godebug_env, bi.default_godebug if bi else "") == "0"
+        )
+        judgement = judge(
+            Evidence(
+                gomaxprocs=gmp.value,
+                gomaxprocs_source=gmp.source,
+                limit_cores=cg.effective_limit,
+                affinity_cpus=affinity,
+                shares=profile.shares(),
+                samples=profile.samples,
+                go_version=version,
+                spec_gomaxprocs=meta.spec_gomaxprocs if meta else None,
+                containermaxprocs_off=off and version is not None and version >= (1, 25, 0),
+                unknown_reason=gmp.detail,
+            )
+        )
+        if meta is not None:
+            workload = f"{meta.namespace}/{meta.pod}" + (f"/{meta.container}" if meta.container else "")
+        else:
+            workload = cg.name or info.comm
+        return GoProcessReport(
+            pid=info.pid,
+            start_time=info.start_time,
+            exe=info.exe.path if info.exe else "?",
+            go_version=bi.go_version if bi else None,
+            cgroup=cg.path,
+            workload=workload,
+            namespace=meta.namespace if meta else None,
+            pod=meta.pod if meta else None,
+            container=meta.container if meta else None,
+            owner=meta.owner if meta else None,
+            cpu_limit_cores=cg.effective_limit,
+            affinity_cpus=affinity,
+            gomaxprocs=gmp.value,
+            gomaxprocs_source=gmp.source,
+            samples=profile.samples,
+            cpu_seconds=profile.samples / frequency_hz,
+            shares=profile.shares(),
+            throttled_ratio=self._throttled_ratio(cg),
+            verdict=judgement.verdict,
+            recommended_gomaxprocs=judgement.recommended,
+            explanation=judgement.explanation,
+            fix=judgement.fix,
+            profile=profile,
+            automaxprocs=bi.automaxprocs if bi else False,
+            build_id=binary.go_build_id or binary.gnu_build_id or "",
+            errors=problems,
+        )

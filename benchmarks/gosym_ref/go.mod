@@ -1,0 +1,3 @@
+module nodeagent.bench/gosym_ref
+
+go 1.19

@@ -1,0 +1,168 @@
+"""Build the Go test programs with every installed toolchain, cached.
+
+The matrix is toolchain x build mode x variant:
+
+- mode ``exe``: ``-buildmode=exe`` (ET_EXEC, text at 0x401000);
+  mode ``pie``: ``-buildmode=pie`` (ET_DYN). With ``CGO_ENABLED=0`` every
+  toolchain from 1.19 to 1.27 links PIE on linux/amd64 with its internal
+  linker, no flags needed (internal PIE linking exists since Go 1.15). Note
+  the internal linker gives a PIE the same link-time layout as an exe (first
+  PT_LOAD at vaddr 0x400000, .text at 0x401000), so a PIE's load bias is
+  ``mapping start - 0x400000``, not the mapping start.
+  Where pclntab lives: ``.gopclntab`` in an exe; ``.data.rel.ro.gopclntab``
+  in a PIE up to Go 1.25, but ``.gopclntab`` (read-only, no ``.gosymtab``)
+  in a Go 1.27 PIE. The pclntab header's runtime.text field is 0x401000 in
+  the file up to Go 1.25 (exe and PIE) but 0 in Go 1.27 builds (exe and PIE,
+  no relocation targets it): take the text start from .text there.
+  Go 1.25+ also emit ``.note.gnu.build-id`` next to ``.note.go.buildid``
+  (section headers listed after the DWARF ones in a 1.25 PIE, before
+  ``.text`` in 1.27). DWARF is SHF_COMPRESSED (zlib) in every version,
+  version 4 up to 1.23 and version 5 from 1.25.
+- variant ``full``: as built (``.symtab`` and DWARF present);
+  ``strip``: the full binary after binutils ``strip`` (no ``.symtab``, no
+  DWARF; pclntab and the Go build ID note survive);
+  ``sw``: ``-ldflags=-s -w`` (Go's linker omits ``.symtab`` and DWARF).
+
+Builds are keyed by (source tree hash + absolute source path, toolchain
+version, mode, variant): the path is part of the key because it is embedded
+in the binary (no ``-trimpath``: tests compare real file paths). Each build
+goes to a temporary name in the final directory and is renamed into place,
+so concurrent test runs never see a half-written binary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.gotoolchain import GoToolchain, cache_dir, find_toolchains
+
+MODES = ("exe", "pie")
+VARIANTS = ("full", "strip", "sw")
+SYMTEST = Path(__file__).resolve().parent / "goprogs" / "symtest"
+BUILD_TIMEOUT_S = 600
+
+
+class GoBuildError(RuntimeError):
+    """A test program failed to build; carries the toolchain's output."""
+
+
+@dataclass(frozen=True)
+class GoBinary:
+    toolchain: GoToolchain
+    mode: str  # "exe" | "pie"
+    variant: str  # "full" | "strip" | "sw"
+    path: Path
+    unstripped: Path  # the "full" build of the same toolchain and mode (== path when variant is "full")
+
+    @property
+    def label(self) -> str:
+        """Readable id for pytest parametrization, e.g. ``go1.21.13-pie-strip``."""
+        return f"{self.toolchain.version_string}-{self.mode}-{self.variant}"
+
+
+def testbins_dir() -> Path:
+    return cache_dir() / "testbins"
+
+
+def source_hash(source_dir: Path) -> str:
+    """Hash of every regular file under ``source_dir`` (names and bytes) plus its absolute path."""
+    root = source_dir.resolve()
+    h = hashlib.sha256(str(root).encode())
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts):
+            h.update(b"\0" + str(p.relative_to(root)).encode() + b"\0")
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def go_env(toolchain: GoToolchain) -> dict[str, str]:
+    """A hermetic environment: this toolchain only, no network, caches under our cache dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GO") and k != "CGO_ENABLED"}
+    base = testbins_dir()
+    env.update(
+        GOROOT=str(toolchain.goroot),
+        GOTOOLCHAIN="local",
+        GOFLAGS="-mod=mod",
+        GO111MODULE="on",
+        GOPROXY="off",
+        GOWORK="off",
+        CGO_ENABLED="0",
+        GOCACHE=str(base / "gocache"),
+        GOPATH=str(base / "gopath"),
+        GOENV="off",
+    )
+    return env
+
+
+def _output_path(toolchain: GoToolchain, source_dir: Path, mode: str, variant: str) -> Path:
+    root = source_dir.resolve()
+    key = f"{root.name}-{source_hash(root)}"
+    return testbins_dir() / key / toolchain.version_string / f"{mode}-{variant}" / root.name
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    tmp.chmod(0o755)
+    os.replace(tmp, final)
+
+
+def _tmp_name(final: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def build_one(toolchain: GoToolchain, source_dir: Path, mode: str, variant: str) -> Path:
+    """Path of the cached binary, building it (and, for "strip", its full build) if missing."""
+    if mode not in MODES or variant not in VARIANTS:
+        raise ValueError(f"unknown mode/variant {mode!r}/{variant!r}")
+    final = _output_path(toolchain, source_dir, mode, variant)
+    if final.is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(final)
+    try:
+        if variant == "strip":
+            full = build_one(toolchain, source_dir, mode, "full")
+            strip = shutil.which("strip")
+            if strip is None:
+                raise GoBuildError("binutils strip not found")
+            _run([strip, "-o", str(tmp), str(full)], cwd=source_dir, env=dict(os.environ))
+        else:
+            cmd = [str(toolchain.go), "build", f"-buildmode={mode}", "-buildvcs=false", "-o", str(tmp)]
+            if variant == "sw":
+                cmd.append("-ldflags=-s -w")
+            cmd.append(".")
+            _run(cmd, cwd=source_dir, env=go_env(toolchain))
+        _publish(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> None:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
+    if proc.returncode != 0:
+        raise GoBuildError(f"{' '.join(cmd)} (in {cwd}) failed with {proc.returncode}:\n{proc.stderr}{proc.stdout}")
+
+
+def build_matrix(
+    source_dir: Path = SYMTEST,
+    toolchains: list[GoToolchain] | None = None,
+    modes: tuple[str, ...] = MODES,
+    variants: tuple[str, ...] = VARIANTS,
+) -> list[GoBinary]:
+    """Every (toolchain, mode, variant) build of ``source_dir``, oldest toolchain first."""
+    out: list[GoBinary] = []
+    for tc in find_toolchains() if toolchains is None else toolchains:
+        for mode in modes:
+            full = build_one(tc, source_dir, mode, "full")
+            for variant in variants:
+                path = full if variant == "full" else build_one(tc, source_dir, mode, variant)
+                out.append(GoBinary(tc, mode, variant, path, full))
+    return out

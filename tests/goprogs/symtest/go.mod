@@ -1,0 +1,3 @@
+module nodeagent.test/symtest
+
+go 1.19
