@@ -8,8 +8,10 @@ bugs only.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 from agent import __version__
@@ -79,6 +81,69 @@ def cmd_symbolize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _frequency(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError("must be 1..10000 Hz")
+    return value
+
+
+def _add_host_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--host-root",
+        type=Path,
+        default=Path(os.environ.get("NODE_AGENT_HOST_ROOT", "/")),
+        help="where the host's /proc and /sys are mounted (in a container: /host) [env NODE_AGENT_HOST_ROOT]",
+    )
+    p.add_argument(
+        "--kernel-headers",
+        type=Path,
+        default=os.environ.get("NODE_AGENT_KERNEL_HEADERS") or None,
+        help="kernel headers directory for bcc (default: search /lib/modules and /usr/src) "
+        "[env NODE_AGENT_KERNEL_HEADERS]",
+    )
+    p.add_argument(
+        "--frequency",
+        type=_frequency,
+        default=int(os.environ.get("NODE_AGENT_FREQUENCY", "97")),
+        help="samples per second per CPU (default 97, prime) [env NODE_AGENT_FREQUENCY]",
+    )
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from agent.report import render_table, write_folded, write_json, write_pprof
+    from agent.scan import ScanConfig, run_scan
+
+    cfg = ScanConfig(
+        duration_s=args.duration,
+        frequency_hz=args.frequency,
+        host_root=args.host_root,
+        kernel_headers=args.kernel_headers,
+        progress=not args.json,
+    )
+    result = run_scan(cfg)
+    if args.json:
+        write_json(result, sys.stdout)
+    else:
+        render_table(result, sys.stdout)
+    if args.pprof:
+        paths = write_pprof(result, args.pprof)
+        print(f"wrote {len(paths)} pprof profile(s) to {args.pprof}; open one with:", file=sys.stderr)
+        if paths:
+            print(f"  go tool pprof -http=127.0.0.1:8080 {paths[0]}", file=sys.stderr)
+    if args.folded:
+        with open(args.folded, "w") as f:
+            write_folded(result, f)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="node-agent",
@@ -102,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mode.add_argument("--info", action="store_true", help="describe the binary instead of reading addresses")
     sym.set_defaults(func=cmd_symbolize)
+
+    scan = sub.add_parser(
+        "scan",
+        help="profile this machine for a while and judge every Go process's GOMAXPROCS",
+        description="Sample every CPU with BPF, symbolize Go stacks, and report per Go process the CPU "
+        "spent in the scheduler and GC, its GOMAXPROCS and CPU limit, and a verdict. Exit status 0 even "
+        "when something is flagged.",
+    )
+    scan.add_argument("--duration", type=_positive_float, default=10.0, help="seconds to profile (default 10)")
+    scan.add_argument("--json", action="store_true", help="print a JSON list, one object per Go process")
+    scan.add_argument("--pprof", type=Path, metavar="DIR", help="write one gzipped pprof profile per Go process")
+    scan.add_argument("--folded", type=Path, metavar="FILE", help="write folded stacks for flame-graph tools")
+    _add_host_options(scan)
+    scan.set_defaults(func=cmd_scan)
     return parser
 
 

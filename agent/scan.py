@@ -1,0 +1,102 @@
+"""`node-agent scan`: profile the whole machine for a while, judge every Go process.
+
+Samples are drained every few seconds (so the maps never fill on a long
+scan) and merged; the pipeline then runs once over the whole window.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from agent.cgroupsource import HostCgroups
+from agent.kheaders import HeaderSearch
+from agent.model import ScanResult
+from agent.pipeline import KubeSource, Pipeline
+from agent.procfs import ProcFS
+from agent.sampler import DrainResult, Sampler, SamplerConfig
+
+DRAIN_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    duration_s: float = 10.0
+    frequency_hz: int = 97
+    host_root: Path = Path("/")
+    kernel_headers: Path | None = None
+    cache_dir: Path | None = None
+    progress: bool = True
+
+
+def merge(drains: list[DrainResult]) -> DrainResult:
+    samples = [s for d in drains for s in d.samples]
+    lost: dict[str, int] = {}
+    for d in drains:
+        for reason, n in d.lost.items():
+            lost[reason] = lost.get(reason, 0) + n
+    return DrainResult(
+        samples=samples,
+        lost=lost,
+        idle_samples=sum(d.idle_samples for d in drains),
+        interval_seconds=sum(d.interval_seconds for d in drains),
+        drain_seconds=sum(d.drain_seconds for d in drains),
+        distinct_stacks=sum(d.distinct_stacks for d in drains),
+    )
+
+
+def sampler_config(cfg: ScanConfig) -> SamplerConfig:
+    root = cfg.host_root
+    return SamplerConfig(
+        sample_freq=cfg.frequency_hz,
+        headers=HeaderSearch(
+            host_root=root, explicit=cfg.kernel_headers, sysfs=root / "sys", cache_dir=cfg.cache_dir
+        ),
+        proc=root / "proc",
+        sysfs=root / "sys",
+    )
+
+
+def collect(sampler: Sampler, duration_s: float, tick: Callable[[float], None]) -> DrainResult:
+    """Drain every few seconds until ``duration_s`` has passed; ``tick`` reports progress."""
+    drains = []
+    start = time.monotonic()
+    next_drain = start + DRAIN_EVERY_S
+    while True:
+        now = time.monotonic()
+        elapsed = now - start
+        tick(min(elapsed, duration_s))
+        if elapsed >= duration_s:
+            break
+        if now >= next_drain:
+            drains.append(sampler.drain())
+            next_drain = now + DRAIN_EVERY_S
+        time.sleep(min(0.1, duration_s - elapsed))
+    drains.append(sampler.drain())
+    return merge(drains)
+
+
+def run_scan(cfg: ScanConfig, *, kube: KubeSource | None = None) -> ScanResult:
+    procfs = ProcFS(cfg.host_root / "proc")
+    pipeline = Pipeline(procfs, HostCgroups(cfg.host_root), kube=kube)
+    with Sampler(sampler_config(cfg)) as sampler:
+        pipeline.begin_window()
+        if cfg.progress and sys.stderr.isatty():
+            with Progress(
+                TextColumn("profiling every CPU at {task.fields[hz]} Hz"),
+                BarColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            ) as progress:
+                task = progress.add_task("scan", total=cfg.duration_s, hz=cfg.frequency_hz)
+                drain = collect(sampler, cfg.duration_s, lambda t: progress.update(task, completed=t))
+        else:
+            drain = collect(sampler, cfg.duration_s, lambda _t: None)
+    return pipeline.run(drain, frequency_hz=cfg.frequency_hz, duration_s=cfg.duration_s)
