@@ -159,7 +159,7 @@ def _plan_for(
 ) -> HeaderPlan | str:
     """A plan for one candidate, or why it cannot be used."""
     version = header_version(tree.name)
-    matches = version == release or tree.name == release
+    matches = release in {version, tree.name}
     if tree.complete:
         return HeaderPlan("tree", origin, build=tree.path, version=version, matches_running=matches)
     if not tree.has_build:
@@ -169,10 +169,7 @@ def _plan_for(
     partner = source if source is not None and source.has_source else find_partner(tree, pool)
     if partner is None:
         wanted = " or ".join(partner_names(tree.name)) or "its -common half"
-        return (
-            f"{tree.path} holds only the generated headers and its source half "
-            f"({wanted}) was not found next to it"
-        )
+        return f"{tree.path} holds only the generated headers and its source half ({wanted}) was not found next to it"
     return HeaderPlan("split", origin, build=tree.path, source=partner.path, version=version, matches_running=matches)
 
 
@@ -469,6 +466,11 @@ class HeaderSearch:
     cache_dir: Path | None = None
     release: str | None = None
     environ: Mapping[str, str] | None = field(default=None, compare=False)
+
+    def listing(self) -> HeaderListing:
+        return probe(
+            self.host_root, release=self.release, explicit=self.explicit, environ=self.environ, sysfs=self.sysfs
+        )
 
     def find(self) -> KernelHeaders:
         return find_kernel_headers(

@@ -95,3 +95,4 @@ class ScanResult:
     lost: dict[str, int]
     exited_samples: int = 0
     errors: list[str] = field(default_factory=list)
+    window: tuple[float, float] = (0.0, 0.0)  # CLOCK_MONOTONIC start and end of sampling

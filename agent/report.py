@@ -101,7 +101,8 @@ def render_table(result: ScanResult, out: TextIO, *, width: int | None = None) -
 
 
 def to_json(result: ScanResult) -> list[dict[str, Any]]:
-    return [r.to_json() for r in worst_first(result.go)]
+    window = {"start_monotonic": round(result.window[0], 6), "end_monotonic": round(result.window[1], 6)}
+    return [{**r.to_json(), "window": window} for r in worst_first(result.go)]
 
 
 def write_json(result: ScanResult, out: TextIO) -> None:

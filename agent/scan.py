@@ -55,9 +55,7 @@ def sampler_config(cfg: ScanConfig) -> SamplerConfig:
     root = cfg.host_root
     return SamplerConfig(
         sample_freq=cfg.frequency_hz,
-        headers=HeaderSearch(
-            host_root=root, explicit=cfg.kernel_headers, sysfs=root / "sys", cache_dir=cfg.cache_dir
-        ),
+        headers=HeaderSearch(host_root=root, explicit=cfg.kernel_headers, sysfs=root / "sys", cache_dir=cfg.cache_dir),
         proc=root / "proc",
         sysfs=root / "sys",
     )
@@ -86,6 +84,8 @@ def run_scan(cfg: ScanConfig, *, kube: KubeSource | None = None) -> ScanResult:
     procfs = ProcFS(cfg.host_root / "proc")
     pipeline = Pipeline(procfs, HostCgroups(cfg.host_root), kube=kube)
     with Sampler(sampler_config(cfg)) as sampler:
+        sampler.drain()  # start the window now, after attaching: nothing from the set-up
+        start = time.monotonic()
         pipeline.begin_window()
         if cfg.progress and sys.stderr.isatty():
             with Progress(
@@ -99,4 +99,7 @@ def run_scan(cfg: ScanConfig, *, kube: KubeSource | None = None) -> ScanResult:
                 drain = collect(sampler, cfg.duration_s, lambda t: progress.update(task, completed=t))
         else:
             drain = collect(sampler, cfg.duration_s, lambda _t: None)
-    return pipeline.run(drain, frequency_hz=cfg.frequency_hz, duration_s=cfg.duration_s)
+        end = time.monotonic()
+    result = pipeline.run(drain, frequency_hz=cfg.frequency_hz, duration_s=end - start)
+    result.window = (start, end)
+    return result

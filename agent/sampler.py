@@ -1,0 +1,654 @@
+"""The BPF CPU sampler: load bpf/profile.bpf.c through bcc, attach it, drain it.
+
+The program runs on every online CPU from the software ``cpu-clock`` event
+(an hrtimer: works in VMs without a PMU) and counts samples in the kernel under
+(tgid, tid, cgroup id, user stack, kernel stack). A drain flips the program to
+the other of two map sets, waits for programs still writing the old set, then
+reads and empties it: the cost is one pass over the distinct keys and stacks of
+the interval, and samples taken during the drain land in the other set.
+
+bcc is imported lazily so that the rest of the agent (and `diagnose`) works
+where it is missing. Everything bcc-specific stays in this module; callers get
+plain dataclasses.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes as ct
+import errno
+import importlib
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType, TracebackType
+from typing import Any
+
+from agent.errors import BPFUnavailableError, NodeAgentError
+from agent.kheaders import HELP_NO_HEADERS, HeaderSearch, KernelHeaders, decide
+
+log = logging.getLogger(__name__)
+
+# Same order as `enum lost_reason` in bpf/profile.bpf.c.
+LOST_REASONS: tuple[str, ...] = (
+    "user_stack_efault",
+    "user_stack_enomem",
+    "user_stack_eexist",
+    "user_stack_other",
+    "kernel_stack_enomem",
+    "kernel_stack_eexist",
+    "kernel_stack_other",
+    "counts_full",
+    "counts_other",
+)
+PROGRAM = "on_cpu_sample"
+Stack = tuple[int, ...]
+PERF_TYPE_SOFTWARE = 1
+PERF_COUNT_SW_CPU_CLOCK = 0
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+MAX_STACK_DEPTH = 127  # kernel.perf_event_max_stack default; the kernel refuses deeper stack maps
+ENOTSUPP = 524  # kernel-internal "operation not supported" some map ops return
+HELP_BCC = "install bcc's Python bindings (Debian/Ubuntu: apt-get install python3-bpfcc) where the agent runs"
+HELP_PRIVILEGES = "run the agent as root, or grant CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8)"
+
+
+def default_source() -> Path:
+    """bpf/profile.bpf.c in a checkout, else the copy packaged under agent/bpf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "bpf" / "profile.bpf.c", here / "bpf" / "profile.bpf.c"):
+        if candidate.is_file():
+            return candidate
+    return here.parent / "bpf" / "profile.bpf.c"
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    sample_freq: int = 97  # Hz per CPU; prime, so it does not beat with periodic work
+    count_entries: int = 32768  # distinct (tgid, tid, cgroup, stacks) keys per interval
+    stack_entries: int = 16384  # distinct stacks per interval (each is 8 x stack_depth bytes, twice)
+    stack_depth: int = MAX_STACK_DEPTH
+    per_thread: bool = False
+    settle_seconds: float = 0.005  # wait after a flip only if the synchronize_rcu barrier fails
+    source: Path = field(default_factory=default_source)
+    headers: HeaderSearch = field(default_factory=HeaderSearch)
+    proc: Path = Path("/proc")
+    sysfs: Path = Path("/sys")
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.sample_freq < 1:
+            problems.append(f"sample_freq must be >= 1 Hz (got {self.sample_freq})")
+        if self.count_entries < 1 or self.stack_entries < 1:
+            problems.append("count_entries and stack_entries must be >= 1")
+        if not 1 <= self.stack_depth <= MAX_STACK_DEPTH:
+            problems.append(f"stack_depth must be 1..{MAX_STACK_DEPTH} (got {self.stack_depth})")
+        if problems:
+            raise NodeAgentError("invalid sampler settings: " + "; ".join(problems))
+
+    def cflags(self) -> list[str]:
+        """The -D defines that size the maps in bpf/profile.bpf.c."""
+        return [
+            f"-DCOUNT_ENTRIES={self.count_entries}",
+            f"-DSTACK_ENTRIES={self.stack_entries}",
+            f"-DSTACK_DEPTH={self.stack_depth}",
+            f"-DPER_THREAD={int(self.per_thread)}",
+        ]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """``count`` samples of one thread group (or thread) on one pair of stacks in one interval."""
+
+    tgid: int
+    tid: int  # 0 unless SamplerConfig.per_thread
+    cgroup_id: int  # cgroup v2 id (inode number of the cgroup directory in the unified hierarchy)
+    user_stack: tuple[int, ...]  # return addresses, innermost first; () when missing
+    kernel_stack: tuple[int, ...]  # innermost first; () when the CPU was in user mode or missing
+    count: int
+    user_stack_error: int = 0  # errno from bpf_get_stackid when user_stack is (), e.g. EFAULT for kernel threads
+    kernel_stack_error: int = 0  # EFAULT is normal: sampled in user mode
+
+
+@dataclass
+class DrainResult:
+    samples: list[Sample]
+    lost: dict[str, int]  # every LOST_REASONS name, counted since the previous drain
+    idle_samples: int  # samples of the idle task since the previous drain
+    interval_seconds: float  # time the drained set was being written
+    drain_seconds: float = 0.0  # what this drain cost
+    distinct_stacks: int = 0
+
+    @property
+    def busy_samples(self) -> int:
+        return sum(s.count for s in self.samples)
+
+    @property
+    def total_samples(self) -> int:
+        """Every sample the timers took, including idle ones and those lost to a full counts map."""
+        dropped = self.lost.get("counts_full", 0) + self.lost.get("counts_other", 0)
+        return self.busy_samples + self.idle_samples + dropped
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """``0-3,5,7-8`` (sysfs cpu lists) -> [0, 1, 2, 3, 5, 7, 8]."""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def parse_cap_eff(status: str) -> int:
+    """The effective capability mask from /proc/<pid>/status text (0 if absent)."""
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def can_bpf_and_perf(cap_eff: int) -> bool:
+    def has(cap: int) -> bool:
+        return bool(cap_eff & (1 << cap))
+
+    return has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
+
+
+def parse_lockdown(text: str) -> str | None:
+    """``none integrity [confidentiality]`` -> ``confidentiality``."""
+    for word in text.split():
+        if word.startswith("[") and word.endswith("]"):
+            return word[1:-1]
+    return None
+
+
+def stack_from_ips(ips: list[int]) -> Stack:
+    """A stack-map value is 0-terminated when shorter than the depth."""
+    try:
+        return tuple(ips[: ips.index(0)])
+    except ValueError:
+        return tuple(ips)
+
+
+# --------------------------------------------------------------------------- diagnosis
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check of what the sampler needs; `fatal` ones stop it from running."""
+
+    check: str
+    ok: bool
+    message: str
+    help: str = ""
+    fatal: bool = True
+
+    @property
+    def severity(self) -> str:
+        return "ok" if self.ok else ("error" if self.fatal else "warning")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _check_bcc() -> Finding:
+    try:
+        _import_bcc()
+    except BPFUnavailableError as e:
+        return Finding("bcc", False, str(e), e.help)
+    return Finding("bcc", True, "bcc Python bindings importable")
+
+
+def _check_privileges(proc: Path) -> Finding:
+    status = _read(proc / "self" / "status")
+    if status is None:
+        return Finding("privileges", False, f"cannot read {proc}/self/status", HELP_PRIVILEGES)
+    cap_eff = parse_cap_eff(status)
+    if can_bpf_and_perf(cap_eff):
+        return Finding("privileges", True, f"capabilities allow BPF and perf events (CapEff {cap_eff:#x})")
+    return Finding(
+        "privileges",
+        False,
+        f"missing CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN): effective capabilities are {cap_eff:#x}",
+        HELP_PRIVILEGES,
+    )
+
+
+def _check_perf_paranoid(proc: Path, privileged: bool) -> Finding:
+    text = _read(proc / "sys" / "kernel" / "perf_event_paranoid")
+    if text is None:
+        return Finding("perf_event_paranoid", True, "perf_event_paranoid not readable; assuming default", fatal=False)
+    level = int(text.strip() or 2)
+    if privileged or level <= 0:
+        return Finding("perf_event_paranoid", True, f"perf_event_paranoid={level} (no effect with CAP_PERFMON)")
+    return Finding(
+        "perf_event_paranoid",
+        False,
+        f"perf_event_paranoid={level} forbids CPU-wide perf events without CAP_PERFMON",
+        "grant CAP_PERFMON, or (less safe) sysctl kernel.perf_event_paranoid=0",
+    )
+
+
+def _check_lockdown(sysfs: Path) -> Finding:
+    text = _read(sysfs / "kernel" / "security" / "lockdown")
+    mode = parse_lockdown(text) if text else None
+    if mode in {None, "none"}:
+        return Finding("lockdown", True, f"kernel lockdown: {mode or 'not enabled'}", fatal=False)
+    if mode == "integrity":
+        return Finding("lockdown", True, "kernel lockdown: integrity (does not restrict this sampler)", fatal=False)
+    return Finding(
+        "lockdown",
+        False,
+        f"kernel lockdown: {mode}; BPF reads of kernel memory are refused, "
+        "the sampler may fail to load on kernels that also restrict stack walks",
+        "boot with lockdown=integrity (or none) if loading fails",
+        fatal=False,
+    )
+
+
+def _check_headers(search: HeaderSearch) -> Finding:
+    try:
+        plan = decide(search.listing())
+    except BPFUnavailableError as e:
+        return Finding("kernel_headers", False, str(e), e.help)
+    where = plan.build if plan.source is None else f"{plan.build} + {plan.source}"
+    text = f"kernel headers from {plan.origin}: {where or 'bcc extracts the kheaders tarball'}"
+    if plan.notes:
+        text += " (" + "; ".join(plan.notes) + ")"
+    return Finding("kernel_headers", True, text)
+
+
+def _check_cpus(sysfs: Path) -> Finding:
+    text = _read(sysfs / "devices" / "system" / "cpu" / "online")
+    cpus = parse_cpu_list(text) if text else []
+    if not cpus:
+        return Finding("cpus", False, f"no online CPUs listed in {sysfs}/devices/system/cpu/online", "mount sysfs")
+    return Finding("cpus", True, f"{len(cpus)} online CPUs")
+
+
+def diagnose(config: SamplerConfig | None = None) -> list[Finding]:
+    """Everything the sampler needs, checked without loading anything (for /readyz and a metric)."""
+    config = config or SamplerConfig()
+    privileges = _check_privileges(config.proc)
+    return [
+        _check_bcc(),
+        privileges,
+        _check_perf_paranoid(config.proc, privileges.ok),
+        _check_lockdown(config.sysfs),
+        _check_headers(config.headers),
+        _check_cpus(config.sysfs),
+        Finding(
+            "bpf_source",
+            config.source.is_file(),
+            f"BPF program {config.source}" + ("" if config.source.is_file() else " is missing"),
+            "reinstall node-agent (bpf/profile.bpf.c is part of it)",
+        ),
+    ]
+
+
+def raise_for(findings: list[Finding]) -> None:
+    """Raise BPFUnavailableError naming every fatal problem, if any."""
+    bad = [f for f in findings if f.fatal and not f.ok]
+    if bad:
+        raise BPFUnavailableError(
+            "BPF sampler unavailable: " + "; ".join(f.message for f in bad),
+            help="; ".join(dict.fromkeys(f.help for f in bad if f.help)),
+        )
+
+
+# --------------------------------------------------------------------------- bcc plumbing
+
+
+def _import_bcc() -> ModuleType:
+    try:
+        return importlib.import_module("bcc")
+    except Exception as e:  # a broken install raises more than ImportError (OSError for libbcc.so)
+        raise BPFUnavailableError(f"bcc is not importable: {e}", help=HELP_BCC) from e
+
+
+@contextmanager
+def _environ(changes: Mapping[str, str | None]) -> Iterator[None]:
+    """Set/unset variables for native code that calls getenv(), then restore them."""
+    saved = {k: os.environ.get(k) for k in changes}
+    try:
+        for k, v in changes.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Collect what native code (clang diagnostics, libbpf) writes to fd 2.
+
+    The list is filled on exit. Other threads' stderr is captured too for that
+    moment; compiling happens once, at start-up.
+    """
+    out: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode(errors="replace"))
+
+
+def _tail(text: str, lines: int = 12) -> str:
+    kept = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def _attach_error(err: int, cpu: int, freq: int, proc: Path) -> BPFUnavailableError:
+    what = f"perf_event_open(cpu-clock, cpu {cpu}, {freq} Hz) failed: {os.strerror(err)}"
+    if err in {errno.EACCES, errno.EPERM}:
+        paranoid = (_read(proc / "sys" / "kernel" / "perf_event_paranoid") or "?").strip()
+        return BPFUnavailableError(f"{what} (perf_event_paranoid={paranoid})", help=HELP_PRIVILEGES)
+    if err == errno.EINVAL:
+        limit = (_read(proc / "sys" / "kernel" / "perf_event_max_sample_rate") or "?").strip()
+        return BPFUnavailableError(
+            f"{what}; kernel.perf_event_max_sample_rate is {limit}",
+            help="lower --sample-freq below kernel.perf_event_max_sample_rate",
+        )
+    if err in {errno.ENOENT, errno.ENODEV, errno.EOPNOTSUPP}:
+        return BPFUnavailableError(what, help="this kernel lacks software perf events (CONFIG_PERF_EVENTS)")
+    if err in {errno.EMFILE, errno.ENFILE}:
+        return BPFUnavailableError(what, help="raise the open-file limit (ulimit -n): one perf event per CPU")
+    return BPFUnavailableError(what, help="see dmesg; " + HELP_PRIVILEGES)
+
+
+class _BatchUnsupported(Exception):
+    """BPF_MAP_LOOKUP_AND_DELETE_BATCH is missing (kernels before 5.6)."""
+
+
+class Sampler:
+    """A loaded, attached sampler. Use as a context manager, or call close().
+
+    Not thread-safe: one owner drains it.
+    """
+
+    def __init__(self, config: SamplerConfig | None = None, headers: KernelHeaders | None = None) -> None:
+        self.config = config = config or SamplerConfig()
+        self._bpf: Any = None
+        self._perf_fds: list[int] = []
+        self.cpus: list[int] = []
+
+        preflight = [_check_bcc(), _check_privileges(config.proc), _check_cpus(config.sysfs)]
+        raise_for(preflight)
+        if not config.source.is_file():
+            raise BPFUnavailableError(f"BPF program {config.source} is missing", help="reinstall node-agent")
+        self.headers = headers or config.headers.find()
+        bcc = _import_bcc()
+        self._lib = importlib.import_module("bcc.libbcc").lib
+        self._bpf = self._compile(bcc)
+        try:
+            self._bind_maps()
+            self._attach(bcc)
+        except BaseException:
+            self.close()
+            raise
+        self._last_flip = time.monotonic()
+        self._lost_seen = [0] * len(LOST_REASONS)
+        self._idle_seen = 0
+        self.batch_supported = True  # cleared on the first drain if the kernel lacks batch ops
+        self.barrier_supported = True
+
+    # ----------------------------------------------------------------- set-up
+
+    def _compile(self, bcc: ModuleType) -> Any:
+        with _environ(self.headers.bcc_environ()), _captured_stderr() as err:
+            try:
+                bpf = bcc.BPF(src_file=str(self.config.source).encode(), cflags=self.config.cflags())
+            except Exception as e:  # bcc raises bare Exception for every failure
+                failure: Exception | None = e
+            else:
+                failure = None
+        diagnostics = _tail(err[0] if err else "")
+        if failure is not None:
+            raise BPFUnavailableError(
+                f"compiling {self.config.source.name} with {self.headers.describe()} failed: {failure}"
+                + (f"\n{diagnostics}" if diagnostics else ""),
+                help="check that the kernel headers belong to a kernel of this architecture; " + HELP_NO_HEADERS,
+            ) from failure
+        if diagnostics:
+            log.debug("bcc compile output:\n%s", diagnostics)
+        return bpf
+
+    def _bind_maps(self) -> None:
+        b = self._bpf
+        self._active_set = b.get_table(b"active_set")
+        self._counts = [b.get_table(b"counts_0"), b.get_table(b"counts_1")]
+        self._stacks = [b.get_table(b"stacks_0"), b.get_table(b"stacks_1")]
+        self._lost = b.get_table(b"lost")
+        self._idle = b.get_table(b"idle")
+        self._barrier = b.get_table(b"barrier")
+        self._barrier_inner_fd = ct.c_int(b.get_table(b"barrier_inner").map_fd)
+        self._active = 0
+        self._write_active(0)
+        counts = self._counts[0]
+        cap = counts.max_entries
+        # Allocated once: a drain must not allocate in proportion to the map size.
+        self._batch_keys = (counts.Key * cap)()
+        self._batch_values = (counts.Leaf * cap)()
+        self._stack_leaf = self._stacks[0].Leaf()
+
+    def _attach(self, bcc: ModuleType) -> None:
+        fn = self._bpf.load_func(PROGRAM.encode(), bcc.BPF.PERF_EVENT)
+        online = _read(self.config.sysfs / "devices" / "system" / "cpu" / "online") or ""
+        for cpu in parse_cpu_list(online):
+            fd = self._lib.bpf_attach_perf_event(
+                ct.c_int(fn.fd),
+                ct.c_uint32(PERF_TYPE_SOFTWARE),
+                ct.c_uint32(PERF_COUNT_SW_CPU_CLOCK),
+                ct.c_uint64(self.sample_period_ns),
+                ct.c_uint64(0),  # no sample_freq: see sample_period_ns
+                ct.c_int(-1),  # every process
+                ct.c_int(cpu),
+                ct.c_int(-1),  # no group
+            )
+            if fd < 0:
+                raise _attach_error(ct.get_errno() or -fd, cpu, self.config.sample_freq, self.config.proc)
+            self._perf_fds.append(fd)
+            self.cpus.append(cpu)
+
+    @property
+    def sample_period_ns(self) -> int:
+        """cpu-clock counts nanoseconds, so a fixed period is an exact frequency.
+
+        In frequency mode the kernel re-estimates the period at each tick, and on a
+        tickless idle CPU that goes wrong: measured on 6.18, -F 199 took about half
+        the samples of idle CPUs (as `perf record -F` does), a fixed period all of them.
+        """
+        return max(10_000, round(1e9 / self.config.sample_freq))  # the kernel's floor is 10 µs
+
+    # ----------------------------------------------------------------- life cycle
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._bpf is None
+
+    def close(self) -> None:
+        """Detach from every CPU and release the program and maps. Idempotent."""
+        for fd in self._perf_fds:
+            self._lib.bpf_close_perf_event_fd(ct.c_int(fd))
+        self._perf_fds.clear()
+        bpf, self._bpf = self._bpf, None
+        if bpf is not None:
+            # Table objects only borrow the module's map fds; drop them before it closes them.
+            for name in ("_active_set", "_counts", "_stacks", "_lost", "_idle", "_barrier"):
+                self.__dict__.pop(name, None)
+            bpf.cleanup()
+            atexit.unregister(bpf.cleanup)
+
+    # ----------------------------------------------------------------- draining
+
+    def _write_active(self, index: int) -> None:
+        self._active_set[ct.c_int(0)] = ct.c_uint32(index)
+
+    def _wait_for_writers(self) -> None:
+        """Return once no program can still be writing the set we just switched away from.
+
+        Updating an array-of-maps makes the kernel run synchronize_rcu() before the
+        syscall returns, and perf-event BPF programs run inside RCU read-side sections.
+        """
+        if self.barrier_supported:
+            res = self._lib.bpf_update_elem(
+                self._barrier.map_fd, ct.byref(ct.c_int(0)), ct.byref(self._barrier_inner_fd), 0
+            )
+            if res == 0:
+                return
+            self.barrier_supported = False
+            log.warning("map-in-map barrier failed (%s); sleeping after flips", os.strerror(ct.get_errno()))
+        time.sleep(self.config.settle_seconds)
+
+    def drain(self) -> DrainResult:
+        """Everything counted since the previous drain (or since start)."""
+        if self._bpf is None:
+            raise BPFUnavailableError("the sampler is closed", help="create a new Sampler")
+        started = time.monotonic()
+        old = self._active
+        self._active = 1 - old
+        self._write_active(self._active)
+        flipped = time.monotonic()
+        self._wait_for_writers()
+        interval, self._last_flip = flipped - self._last_flip, flipped
+
+        entries = self._take_counts(self._counts[old])
+        stacks = self._stacks[old]
+        cache: dict[int, Stack | None] = {}
+        samples = []
+        for tgid, tid, cgroup_id, user_id, kernel_id, count in entries:
+            user, user_err = self._stack(stacks, user_id, cache)
+            kernel, kernel_err = self._stack(stacks, kernel_id, cache)
+            samples.append(Sample(tgid, tid, cgroup_id, user, kernel, count, user_err, kernel_err))
+        self._clear_stacks(stacks, cache)
+        lost, idle = self._read_counters()
+        return DrainResult(
+            samples=samples,
+            lost=lost,
+            idle_samples=idle,
+            interval_seconds=interval,
+            drain_seconds=time.monotonic() - started,
+            distinct_stacks=sum(1 for v in cache.values() if v is not None),
+        )
+
+    def _take_counts(self, table: Any) -> list[tuple[int, int, int, int, int, int]]:
+        if self.batch_supported:
+            try:
+                return self._take_batch(table)
+            except _BatchUnsupported:
+                self.batch_supported = False
+                log.info("BPF batch map operations unsupported; draining key by key")
+        return self._take_iter(table)
+
+    def _take_batch(self, table: Any) -> list[tuple[int, int, int, int, int, int]]:
+        keys, values = self._batch_keys, self._batch_values
+        cap = len(keys)
+        key_size, value_size = ct.sizeof(table.Key), ct.sizeof(table.Leaf)
+        token_in, token_out = ct.c_uint32(0), ct.c_uint32(0)
+        total = 0
+        first = True
+        while total < cap:
+            n = ct.c_uint32(cap - total)
+            res = self._lib.bpf_lookup_and_delete_batch(
+                table.map_fd,
+                None if first else ct.byref(token_in),
+                ct.byref(token_out),
+                ct.byref(keys, key_size * total),
+                ct.byref(values, value_size * total),
+                ct.byref(n),
+            )
+            err = ct.get_errno()
+            total += n.value
+            if res != 0:
+                if err == errno.ENOENT:  # walked past the last bucket: done
+                    break
+                if first and total == 0 and err in {errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP}:
+                    raise _BatchUnsupported
+                raise BPFUnavailableError(
+                    f"draining the counts map failed: {os.strerror(err)}",
+                    help="this is a bug or a kernel limitation; please report it with the kernel version",
+                )
+            token_in.value = token_out.value
+            first = False
+        return [
+            (k.tgid, k.tid, k.cgroup_id, k.user_stack_id, k.kernel_stack_id, int(v))
+            for k, v in zip(keys[:total], values[:total], strict=True)
+        ]
+
+    def _take_iter(self, table: Any) -> list[tuple[int, int, int, int, int, int]]:
+        out = []
+        value = table.Leaf()
+        for k in list(table.keys()):
+            if self._lib.bpf_lookup_elem(table.map_fd, ct.byref(k), ct.byref(value)) == 0:
+                self._lib.bpf_delete_elem(table.map_fd, ct.byref(k))
+                out.append((k.tgid, k.tid, k.cgroup_id, k.user_stack_id, k.kernel_stack_id, int(value.value)))
+        return out
+
+    def _stack(self, table: Any, stack_id: int, cache: dict[int, Stack | None]) -> tuple[Stack, int]:
+        """(frames, 0) or ((), errno) for a key's stack id."""
+        if stack_id < 0:
+            return (), -stack_id
+        if stack_id not in cache:
+            leaf = self._stack_leaf
+            found = self._lib.bpf_lookup_elem(table.map_fd, ct.byref(ct.c_int(stack_id)), ct.byref(leaf)) == 0
+            cache[stack_id] = stack_from_ips(leaf.ip[:]) if found else None
+        frames = cache[stack_id]
+        return ((), errno.ENOENT) if frames is None else (frames, 0)
+
+    def _clear_stacks(self, table: Any, used: Mapping[int, object]) -> None:
+        """Delete the stacks we read, then sweep ids no key referenced (samples lost to a full counts map)."""
+        fd = table.map_fd
+        key = ct.c_int(0)
+        for stack_id in used:
+            key.value = stack_id
+            self._lib.bpf_delete_elem(fd, ct.byref(key))
+        while self._lib.bpf_get_first_key(fd, ct.byref(key), ct.sizeof(key)) == 0:
+            if self._lib.bpf_delete_elem(fd, ct.byref(key)) != 0:
+                break
+
+    def _read_counters(self) -> tuple[dict[str, int], int]:
+        """Differences of the cumulative per-CPU counters since the previous drain."""
+        lost: dict[str, int] = {}
+        for i, name in enumerate(LOST_REASONS):
+            now = int(self._lost.sum(i).value)
+            lost[name], self._lost_seen[i] = now - self._lost_seen[i], now
+        idle_now = int(self._idle.sum(0).value)
+        idle, self._idle_seen = idle_now - self._idle_seen, idle_now
+        return lost, idle

@@ -1,0 +1,71 @@
+"""perf(1) as an independent sampler: record stacks of some pids, judge them by the same rules.
+
+perf symbolizes Go frames from the ELF symbol table (no pclntab, no inline
+expansion); kernel frames are dropped so "leaf" means the innermost user
+frame, as node-agent defines it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from agent.goruntime import Category, classify
+
+
+def record(pids: list[int], seconds: float, out: Path, frequency: int = 97) -> subprocess.Popen[bytes]:
+    """Start `perf record -g` on ``pids``; wait() on the result when done."""
+    return subprocess.Popen(
+        [
+            "perf", "record", "-q", "-e", "cpu-clock", "-F", str(frequency), "-g", "-k", "CLOCK_MONOTONIC",
+            "-p", ",".join(map(str, pids)), "-o", str(out), "--", "sleep", str(seconds),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def categories(data: Path, window: tuple[float, float] | None = None) -> dict[int, Counter[Category]]:
+    """Per-pid category counts from a perf.data file, optionally only within a CLOCK_MONOTONIC window."""
+    text = subprocess.run(
+        ["perf", "script", "-i", str(data), "-F", "pid,time,ip,sym,dso"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    out: dict[int, Counter[Category]] = defaultdict(Counter)
+    pid: int | None = None
+    when = 0.0
+    frames: list[str] = []
+
+    def flush() -> None:
+        if pid is not None and (window is None or window[0] <= when <= window[1]):
+            out[pid][classify(frames)] += 1
+
+    for line in text.splitlines():
+        if not line.strip():
+            flush()
+            pid, frames = None, []
+            continue
+        if not line.startswith((" ", "\t")):
+            flush()
+            head = line.split()
+            pid, when, frames = int(head[0]), float(head[1].rstrip(":")), []
+            continue
+        parts = line.split(None, 1)
+        if len(parts) < 2:
+            continue
+        rest = parts[1]
+        sym, _, dso = rest.rpartition(" (")
+        if "kernel.kallsyms" in dso or sym.startswith("[unknown]"):
+            continue
+        frames.append(sym.split("+0x")[0])
+    flush()
+    return dict(out)
+
+
+def shares(counts: Counter[Category]) -> dict[Category, float]:
+    total = sum(counts.values())
+    return {c: counts[c] / total if total else 0.0 for c in Category}

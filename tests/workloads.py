@@ -1,0 +1,172 @@
+"""Real Go workloads in real v1 cpu cgroups, for scan/daemon/demo tests.
+
+A service signals readiness through a pipe (it writes its bound address),
+not a sleep; every cgroup and process is removed on every exit path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.gotoolchain import GoToolchain, cache_dir, find_toolchains
+from tests.capabilities import missing, need, need_root
+
+DEMO_SRC = Path(__file__).resolve().parents[1] / "agent" / "demo"
+V1_CPU = Path("/sys/fs/cgroup/cpu")
+
+
+def build_demo(toolchain: GoToolchain | None = None) -> Path:
+    """The bundled demo service, built once per toolchain and source version."""
+    from tests.gobuild import go_env, source_hash
+
+    if toolchain is None:
+        older = [t for t in find_toolchains() if t.minor < (1, 25)]
+        need(bool(older), "a Go toolchain older than 1.25 (run scripts/setup.sh)")
+        toolchain = older[-1]
+    out = cache_dir() / "testbins" / f"demo-{source_hash(DEMO_SRC)}" / toolchain.version_string / "demo"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        subprocess.run(
+            [str(toolchain.go), "build", "-buildvcs=false", "-o", str(tmp), "."],
+            cwd=DEMO_SRC,
+            env=go_env(toolchain),
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        os.replace(tmp, out)
+    return out
+
+
+def need_v1_cpu_cgroup() -> None:
+    need_root()
+    need((V1_CPU / "cpu.cfs_quota_us").exists(), f"a writable cgroup v1 cpu controller at {V1_CPU}")
+
+
+@dataclass
+class Cgroup:
+    path: Path
+
+    @property
+    def rel(self) -> str:
+        return "/" + str(self.path.relative_to(V1_CPU))
+
+    def set_limit(self, cores: float | None, period_us: int = 100_000) -> None:
+        (self.path / "cpu.cfs_period_us").write_text(str(period_us))
+        quota = -1 if cores is None else int(cores * period_us)
+        (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+
+@contextlib.contextmanager
+def v1_cgroup(name: str, cores: float | None) -> Iterator[Cgroup]:
+    need_v1_cpu_cgroup()
+    path = V1_CPU / f"node-agent-test-{name}-{uuid.uuid4().hex[:8]}"
+    try:
+        path.mkdir()
+    except OSError as exc:
+        missing(f"cannot create a v1 cpu cgroup ({exc})")
+    cg = Cgroup(path)
+    try:
+        cg.set_limit(cores)
+        yield cg
+    finally:
+        remove_cgroup(path)
+
+
+def remove_cgroup(path: Path) -> None:
+    """Kill what is left inside, then rmdir (retrying while the kernel lets go)."""
+    for _ in range(50):
+        try:
+            pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for child in sorted((p for p in path.iterdir() if p.is_dir()), reverse=True):
+            remove_cgroup(child)
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+@dataclass
+class Service:
+    proc: subprocess.Popen[bytes]
+    addr: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}/work"
+
+
+def _enter_cgroup(cg: Cgroup | None) -> None:
+    if cg is not None:
+        cg.add(os.getpid())
+
+
+@contextlib.contextmanager
+def service(binary: Path, cg: Cgroup | None, env: dict[str, str]) -> Iterator[Service]:
+    """Start `demo serve` inside ``cg``; ready once it wrote its address to the pipe."""
+    r, w = os.pipe()
+    full_env = {k: v for k, v in os.environ.items() if k not in ("GOMAXPROCS", "GODEBUG")}
+    full_env.update(env)
+    proc = subprocess.Popen(
+        [str(binary), "serve", "-addr", "127.0.0.1:0", "-ready-fd", str(w)],
+        pass_fds=(w,),
+        env=full_env,
+        preexec_fn=lambda: _enter_cgroup(cg),  # noqa: PLW1509 - must join before the runtime starts
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as ready:
+            line = ready.readline().decode().strip()
+        if not line:
+            raise RuntimeError(f"demo service exited early with {proc.wait(5)}")
+        yield Service(proc, line)
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def load(binary: Path, url: str, seconds: float, concurrency: int = 8) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [str(binary), "load", "-url", url, "-c", str(concurrency), "-d", f"{seconds}s"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def perf_available() -> bool:
+    return shutil.which("perf") is not None
