@@ -144,6 +144,49 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from agent.daemon import Daemon, DaemonConfig
+    from agent.httpserver import parse_listen
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        listen = parse_listen(args.listen)
+    except ValueError as exc:
+        raise NodeAgentError(str(exc)) from None
+    cfg = DaemonConfig(
+        interval_s=args.interval,
+        frequency_hz=args.frequency,
+        listen=listen,
+        host_root=args.host_root,
+        kernel_headers=args.kernel_headers,
+        cache_dir=args.cache_dir,
+        max_series=args.max_series,
+        bpf_retry_s=args.bpf_retry,
+        node_name=args.node_name,
+    )
+    kube = None
+    if not args.no_kubernetes:
+        from agent.kube import connect
+
+        kube = connect(args.node_name or None).start()
+    daemon = Daemon(cfg, kube=kube)
+    daemon.install_signal_handlers()
+    try:
+        return daemon.run()
+    finally:
+        if kube is not None:
+            kube.stop()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="node-agent",
@@ -181,6 +224,58 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--folded", type=Path, metavar="FILE", help="write folded stacks for flame-graph tools")
     _add_host_options(scan)
     scan.set_defaults(func=cmd_scan)
+
+    run = sub.add_parser(
+        "run",
+        help="run as the node's daemon: sample continuously, serve /metrics, /healthz, /readyz, /profiles",
+        description="The DaemonSet agent. Every option can also be set by the environment variable in brackets.",
+    )
+    run.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=float(_env("NODE_AGENT_INTERVAL", "15")),
+        help="seconds per sampling window (default 15) [NODE_AGENT_INTERVAL]",
+    )
+    run.add_argument(
+        "--listen",
+        default=_env("NODE_AGENT_LISTEN", ":9464"),
+        help="HOST:PORT for /metrics and the probes (default :9464) [NODE_AGENT_LISTEN]",
+    )
+    run.add_argument(
+        "--max-series",
+        type=int,
+        default=int(_env("NODE_AGENT_MAX_SERIES", "5000")),
+        help="cap on per-container series; the least busy are dropped and counted (default 5000) "
+        "[NODE_AGENT_MAX_SERIES]",
+    )
+    run.add_argument(
+        "--bpf-retry",
+        type=_positive_float,
+        default=float(_env("NODE_AGENT_BPF_RETRY", "60")),
+        help="seconds between attempts to load BPF when it failed (default 60) [NODE_AGENT_BPF_RETRY]",
+    )
+    run.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=os.environ.get("NODE_AGENT_CACHE") or None,
+        help="writable directory for the merged kernel-header tree [NODE_AGENT_CACHE]",
+    )
+    run.add_argument(
+        "--node-name",
+        default=_env("NODE_NAME", ""),
+        help="this node's name, for the pod watch's fieldSelector (Downward API spec.nodeName) [NODE_NAME]",
+    )
+    run.add_argument(
+        "--no-kubernetes",
+        action="store_true",
+        default=_env("NODE_AGENT_NO_KUBERNETES", "") not in ("", "0", "false"),
+        help="do not contact the Kubernetes API; label by cgroup only [NODE_AGENT_NO_KUBERNETES]",
+    )
+    run.add_argument(
+        "--log-level", default=_env("NODE_AGENT_LOG_LEVEL", "info"), help="debug, info, warning [NODE_AGENT_LOG_LEVEL]"
+    )
+    _add_host_options(run)
+    run.set_defaults(func=cmd_run)
     return parser
 
 

@@ -54,14 +54,26 @@ class CgroupSource(Protocol):
     def throttle(self, key: str) -> Throttle | None: ...
 
 
-@dataclass(frozen=True)
-class WorkloadMeta:
-    namespace: str
-    pod: str
-    container: str | None
-    owner: str | None = None  # "Deployment/web"
-    spec_gomaxprocs: str | None = None  # "literal:64", "resourceFieldRef:limits.cpu", ...
-    limit_cores: float | None = None
+class WorkloadMeta(Protocol):
+    """What the pod watch knows about a container (agent.kube.ContainerMeta provides it)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def pod(self) -> str: ...
+
+    @property
+    def container(self) -> str | None: ...
+
+    @property
+    def owner(self) -> str | None: ...  # "Deployment/web"
+
+    @property
+    def spec_gomaxprocs(self) -> str | None: ...  # how the spec sets GOMAXPROCS
+
+    @property
+    def limit_cores(self) -> float | None: ...
 
 
 class KubeSource(Protocol):

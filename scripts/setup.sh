@@ -70,7 +70,14 @@ install_go() {
   done
 }
 
+install_old_go_binaries() {
+  # Real Go 1.14-1.18 binaries (esbuild's npm packages) for the pclntab format tests.
+  command -v npm >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null; }
+  "$ROOT/scripts/fetch_old_go_binaries.sh"
+}
+
 install_apt
 install_venv
 install_go
+install_old_go_binaries
 log "ready: $ROOT/.venv, Go toolchains in $CACHE"

@@ -290,12 +290,13 @@ def _build_go12(
         pcfile, pcln, pcinl = shifted[i]
         rec = struct.pack(le + word, entries[i])
         nameoff = names_off + _name_off(names, f.name)
-        rec += struct.pack(le + "iiIIIIIB2xB", nameoff, 0, 0, 0, pcfile, pcln, 3, 0, 4)
+        rec += struct.pack(le + "iiIIIIIB2xB", nameoff, 0, 0, 0, pcfile, pcln, 3, 0, 5)
         rec += struct.pack(le + "III", 0, 0, pcinl)
         if len(rec) % ptrsize:
             rec += b"\0" * (ptrsize - len(rec) % ptrsize)
         ta = tree_addr[i]
-        rec += b"".join(struct.pack(le + word, x) for x in (0, 0, 0, 0 if ta is None else gofunc + ta))
+        # Go 1.12-1.15: the inline tree is funcdata slot 4 (after RegPointerMaps and StackObjects)
+        rec += b"".join(struct.pack(le + word, x) for x in (0, 0, 0, 0, 0 if ta is None else gofunc + ta))
         blob += rec
     functab = bytearray()
     for i in range(n):

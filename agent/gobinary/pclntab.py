@@ -86,6 +86,20 @@ def sniff_version(header: bytes) -> PclnVersion | None:
     return version
 
 
+def inline_tree_funcdata_index(version: PclnVersion, go_version: tuple[int, int] | None) -> int:
+    """Which funcdata slot holds the inline tree.
+
+    3 from Go 1.16; Go 1.12-1.15 had _FUNCDATA_RegPointerMaps before it (4);
+    Go 1.9-1.11 had neither that nor StackObjects (2). A Go 1.2-format table
+    without a known version is most likely 1.12-1.15, the last of that format.
+    """
+    if version != PclnVersion.GO12:
+        return FUNCDATA_INL_TREE
+    if go_version is not None and go_version < (1, 12):
+        return 2
+    return 4
+
+
 class LineTable:
     """One binary's pclntab.
 
@@ -103,6 +117,7 @@ class LineTable:
         text_start: int | None = None,
         gofunc: int | None = None,
         read: Callable[[int, int], bytes] | None = None,
+        go_version: tuple[int, int] | None = None,
     ) -> None:
         if len(data) < 16:
             raise NotGoError("pclntab: too short for a header")
@@ -130,6 +145,7 @@ class LineTable:
         self._files: dict[int, str] = {}
         self._parse_header(text_start)
         self._index_functions()
+        self.inl_tree_index = inline_tree_funcdata_index(self.version, go_version)
         # (nameoff, pcfile, pcln, cuOffset) of a _func, for lookup()'s fast path. Go 1.2
         # has no CU offset there (the 4th value is then unused padding).
         self._fields_at = 4 if self.version >= PclnVersion.GO118 else self.ptrsize
@@ -435,19 +451,18 @@ class LineTable:
 
     def _inline_tree(self, rec: FuncRecord) -> Callable[[int], tuple[int, int]] | None:
         """Accessor for inlinedCall[ix] -> (name offset, parentPc), or None."""
-        if self._read is None or rec.nfuncdata <= FUNCDATA_INL_TREE:
+        slot = self.inl_tree_index
+        if self._read is None or rec.nfuncdata <= slot:
             return None
         if self.version >= PclnVersion.GO118:
             if self.gofunc is None:
                 return None
-            (rel,) = self._u32.unpack_from(self.data, rec.funcdata_off + 4 * FUNCDATA_INL_TREE)
+            (rel,) = self._u32.unpack_from(self.data, rec.funcdata_off + 4 * slot)
             if rel == _NO_FUNCDATA:
                 return None
             base = self.gofunc + rel
         else:
-            base = int(
-                struct.unpack_from(self._ptrfmt, self.data, rec.funcdata_off + self.ptrsize * FUNCDATA_INL_TREE)[0]
-            )
+            base = int(struct.unpack_from(self._ptrfmt, self.data, rec.funcdata_off + self.ptrsize * slot)[0])
             if base == 0:
                 return None
         read = self._read

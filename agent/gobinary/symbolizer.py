@@ -113,6 +113,7 @@ class GoBinary:
             text_start=self.tables.text_start,
             gofunc=self.tables.gofunc,
             read=image.read,
+            go_version=version[:2] if version else None,
         )
         self.go_build_id = image.go_build_id()
         self.gnu_build_id = image.gnu_build_id()

@@ -1,0 +1,198 @@
+"""`node-agent run`: the DaemonSet loop.
+
+Every interval: drain the sampler, join the window into per-process rows,
+publish them to the collector and the profile store. The HTTP server runs
+on its own thread and only reads what was last published.
+
+Nothing a node throws at it ends the loop: a broken process, binary or
+cgroup is counted and skipped inside the pipeline; a failing cycle is
+counted and the next one runs; when BPF cannot load, the agent stays up,
+says why on /metrics (node_agent_bpf_up 0) and /readyz (503 + reason), and
+retries. SIGTERM/SIGINT end it gracefully: the sampler is detached (its
+perf events and BPF programs closed) before the process exits.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from prometheus_client import CollectorRegistry
+
+from agent.attribution import ProcessProfile
+from agent.cgroupsource import HostCgroups
+from agent.errors import BPFUnavailableError, NodeAgentError
+from agent.gobinary.symbolizer import BinaryCache
+from agent.httpserver import AgentHTTPServer, Health, ProfileKey, ProfileStore
+from agent.metrics import AgentMetrics, labels_of
+from agent.model import GoProcessReport, ScanResult
+from agent.pipeline import KubeSource, Pipeline
+from agent.pprof import build_profile
+from agent.procfs import ProcFS
+from agent.sampler import Sampler
+from agent.scan import ScanConfig, sampler_config
+
+log = logging.getLogger("node_agent")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    interval_s: float = 15.0
+    frequency_hz: int = 97
+    listen: tuple[str, int] = ("0.0.0.0", 9464)
+    host_root: Path = Path("/")
+    kernel_headers: Path | None = None
+    cache_dir: Path | None = None
+    max_series: int = 5000
+    bpf_retry_s: float = 60.0
+    binary_cache: int = 64
+    node_name: str = ""
+
+
+class Daemon:
+    def __init__(
+        self,
+        cfg: DaemonConfig,
+        *,
+        kube: KubeSource | None = None,
+        sampler_factory: Callable[[], Sampler] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.kube = kube
+        self.registry = CollectorRegistry()
+        self.metrics = AgentMetrics(max_series=cfg.max_series)
+        self.registry.register(self.metrics)
+        self.health = Health(stall_after_s=max(300.0, cfg.interval_s * 10))
+        self.profiles = ProfileStore()
+        self.pipeline = Pipeline(
+            ProcFS(cfg.host_root / "proc"),
+            HostCgroups(cfg.host_root),
+            kube=kube,
+            binaries=BinaryCache(capacity=cfg.binary_cache),
+        )
+        scan_cfg = ScanConfig(
+            frequency_hz=cfg.frequency_hz,
+            host_root=cfg.host_root,
+            kernel_headers=cfg.kernel_headers,
+            cache_dir=cfg.cache_dir,
+        )
+        self._sampler_factory = sampler_factory or (lambda: Sampler(sampler_config(scan_cfg)))
+        self._stop = threading.Event()
+        self._sampler: Sampler | None = None
+        self._next_bpf_try = 0.0
+        self.server = AgentHTTPServer(cfg.listen, self.registry, self.health, self.profiles)
+        self.cycles = 0
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %d: shutting down", signum)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> int:
+        self.server.start()
+        log.info("serving /metrics on %s:%d", self.cfg.listen[0], self.server.port)
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                self._ensure_sampler()
+                if self._sampler is not None:
+                    self._stop.wait(self.cfg.interval_s)
+                    self._cycle(started)
+                else:
+                    self.health.beat()  # alive, just not ready
+                    self._stop.wait(min(self.cfg.interval_s, self.cfg.bpf_retry_s))
+        finally:
+            self._close_sampler()
+            self.server.stop()
+        return 0
+
+    # ---- BPF ------------------------------------------------------------------------------------
+    def _ensure_sampler(self) -> None:
+        if self._sampler is not None or time.monotonic() < self._next_bpf_try:
+            return
+        try:
+            self._sampler = self._sampler_factory()
+            self._sampler.drain()  # the first window starts now
+            self.pipeline.begin_window()
+            self.metrics.set_bpf(True)
+            self.health.set_ready("")
+            log.info("BPF sampler attached at %d Hz", self.cfg.frequency_hz)
+        except NodeAgentError as exc:
+            reason = exc.describe()
+            self.metrics.set_bpf(False, str(exc).splitlines()[0][:200])
+            self.health.set_ready(f"BPF sampler unavailable: {reason}")
+            self.metrics.count_error("bpf_unavailable")
+            log.error("BPF sampler unavailable (retrying in %.0fs): %s", self.cfg.bpf_retry_s, reason)
+            self._next_bpf_try = time.monotonic() + self.cfg.bpf_retry_s
+
+    def _close_sampler(self) -> None:
+        if self._sampler is not None:
+            self._sampler.close()
+            self._sampler = None
+
+    # ---- one cycle ------------------------------------------------------------------------------
+    def _cycle(self, started: float) -> None:
+        assert self._sampler is not None
+        try:
+            drain = self._sampler.drain()
+        except (BPFUnavailableError, OSError) as exc:
+            log.error("drain failed, re-attaching: %s", exc)
+            self.metrics.count_error("drain_failed")
+            self._close_sampler()
+            return
+        t0 = time.monotonic()
+        try:
+            result = self.pipeline.run(drain, frequency_hz=self.cfg.frequency_hz, duration_s=drain.interval_seconds)
+            self.pipeline.begin_window()
+        except Exception:  # a bug in one cycle must not end the daemon; it is logged and counted
+            log.exception("cycle failed")
+            self.metrics.count_error("cycle_failed")
+            self.health.beat()
+            return
+        for kind, n in self.pipeline.stats.errors.items():
+            self.metrics.count_error(kind, n)
+        self.pipeline.stats.errors.clear()
+        self.metrics.update(result.go)
+        self.metrics.record_cycle(time.monotonic() - t0, drain.busy_samples, drain.lost)
+        self._publish_profiles(result)
+        self.health.beat()
+        self.cycles += 1
+        log.debug("cycle %d: %d Go processes, %.3fs", self.cycles, len(result.go), time.monotonic() - started)
+
+    def _publish_profiles(self, result: ScanResult) -> None:
+        """The window's profile per container (its processes merged), for /profiles."""
+        period = round(1e9 / result.frequency_hz)
+        groups: dict[ProfileKey, list[GoProcessReport]] = {}
+        for row in result.go:
+            groups.setdefault(labels_of(row), []).append(row)
+        published: dict[ProfileKey, bytes] = {}
+        for key, rows in groups.items():
+            prof = ProcessProfile()
+            for row in rows:
+                prof.add(row.profile)
+            if not prof.samples:
+                continue
+            msg = build_profile(
+                prof,
+                period_ns=period,
+                duration_ns=round(result.duration_s * 1e9),
+                binary_path=rows[0].exe,
+                build_id=rows[0].build_id,
+                labels={"namespace": key[0], "pod": key[1], "container": key[2], "node": self.cfg.node_name},
+            )
+            published[key] = gzip.compress(msg.SerializeToString(), mtime=0)
+        self.profiles.replace(published)
