@@ -50,7 +50,7 @@ def binaries() -> list[tuple[str, Path]]:
 
 @pytest.mark.parametrize("name", EXPECTED)
 def test_old_formats_match_debug_gosym(name: str, gosym_ref: Path, tmp_path: Path) -> None:
-    found = dict((p.name, (label, p)) for label, p in binaries())
+    found = {p.name: (label, p) for label, p in binaries()}
     label, path = found[name]
     b = GoBinary.open(path)
     assert b.table.version == FORMATS[label]
