@@ -149,7 +149,7 @@ def test_agent_without_bpf_stays_up_and_says_why(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         wait_for(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 30, "/healthz")
-        status, body = wait_for(
+        _status, body = wait_for(
             lambda: (r := get(f"http://127.0.0.1:{port}/readyz"))[0] == 503 and r, 30, "/readyz 503"
         )
         assert b"BPF sampler unavailable" in body and b"no-such-headers" in body
