@@ -127,13 +127,19 @@ def layout_from_mounts(
     seen: set[str] = set()
     for m in mounts:
         mp = m.mount_point.rstrip("/") or "/"
-        if mp in seen or not (mp == root or mp.rpartition("/")[0] == root):
+        if mp in seen or not at_or_below(mp, root):
             continue
         seen.add(mp)
         controllers = unified_controllers if m.version == 2 else m.controllers
         hierarchies.append(Hierarchy(m.version, prefix / mp.lstrip("/"), controllers))
     at_root = prefix / root.lstrip("/")
     return build_layout(hierarchies, root_is_unified=any(h.version == 2 and h.mount == at_root for h in hierarchies))
+
+
+def at_or_below(mount_point: str, root: str) -> bool:
+    """True for ``root`` itself and its direct children (where hierarchies are mounted)."""
+    mp, root = mount_point.rstrip("/") or "/", root.rstrip("/") or "/"
+    return mp == root or (mp.rpartition("/")[0] or "/") == root
 
 
 def build_layout(hierarchies: Sequence[Hierarchy], *, root_is_unified: bool) -> Layout:

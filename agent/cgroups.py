@@ -10,7 +10,9 @@ Public API::
         .from_host_root(host_root)                         -> CgroupFS (host_root/sys/fs/cgroup)
         .layout                                            Layout (mode V1 / V2 / HYBRID)
         .snapshot(proc_cgroup_text) -> CgroupSnapshot      everything, per-field errors as values
+        .parse(proc_cgroup_text) -> ProcCgroup             paths made host-absolute (cgroup namespaces)
         .identity(proc) / .cpu_limit(proc) / .cpuset_cpus(proc) / .throttling(proc) / .cgroup_id(proc)
+        .cpu / .cpuset / .unified                          the Hierarchy holding each (or None)
     detect_layout(cgroup_root) -> Layout                   from the directory tree
     layout_from_mountinfo(text, *, host_root, cgroup_root) -> Layout
     read_cpu_limit(h, path) -> CpuLimit                    min over the cgroup and its ancestors
@@ -25,7 +27,10 @@ container stopped) and garbled content raise :class:`CgroupError`. A missing
 *file* in an existing directory is a kernel state and returns "no value":
 no cpu.max / cfs_quota_us = no limit at that level; no cpu.stat bandwidth
 counters = ``None``; no cpuset file = the parent's cpuset applies.
-:meth:`CgroupFS.snapshot` never raises for one field: it collects messages.
+No hierarchy with the cpuset controller: ``cpuset_cpus`` is None (the host's
+CPUs apply); no unified hierarchy (pure v1): ``cgroup_id`` is None.
+:meth:`CgroupFS.snapshot` raises only for unusable /proc/PID/cgroup text; a
+field it cannot read is None with its reason in ``errors``.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from agent.cgroupparse import (
     ProcCgroup,
     Quota,
     Throttling,
+    at_or_below,
     build_layout,
     count_cpus,
     identify,
@@ -124,7 +130,7 @@ def _require_dir(d: Path) -> None:
 
 
 def _ancestry(path: str) -> list[str]:
-    """"/a/b/c" -> ["/a/b/c", "/a/b", "/a", "/"]: leaf first."""
+    """Leaf first: "/a/b/c" -> ["/a/b/c", "/a/b", "/a", "/"]."""
     comps = [c for c in normalize_path(path).split("/") if c]
     return ["/" + "/".join(comps[:n]) for n in range(len(comps), -1, -1)]
 
@@ -175,8 +181,8 @@ def layout_from_mountinfo(text: str, *, host_root: Path = Path("/"), cgroup_root
     mounts = parse_mountinfo(text)
     controllers: frozenset[str] = frozenset()
     for m in mounts:
-        mp = m.mount_point.rstrip("/")
-        if m.version == 2 and (mp == cgroup_root or mp.rpartition("/")[0] == cgroup_root):
+        mp = m.mount_point
+        if m.version == 2 and at_or_below(mp, cgroup_root):
             try:
                 controllers = frozenset((host_root / mp.lstrip("/") / "cgroup.controllers").read_text().split())
             except OSError:
@@ -204,7 +210,7 @@ class CpuLimit:
     levels: tuple[LevelQuota, ...]  # leaf first, up to the hierarchy root
 
 
-def read_level_quota(h: Hierarchy, path: str) -> Quota | None:
+def _level_quota(h: Hierarchy, path: str) -> Quota | None:
     d = _dir(h, path)
     _require_dir(d)
     if h.version == 2:
@@ -222,7 +228,7 @@ def read_cpu_limit(h: Hierarchy, path: str) -> CpuLimit:
     A pod-level quota lower than the container's is the effective one; raises
     CgroupError for a vanished cgroup or garbage at any level (the limit is then unknown).
     """
-    levels = tuple(LevelQuota(p, read_level_quota(h, p)) for p in _ancestry(path))
+    levels = tuple(LevelQuota(p, _level_quota(h, p)) for p in _ancestry(path))
     best: LevelQuota | None = None
     for lv in levels:
         if lv.quota is not None and (best is None or best.quota is None or lv.quota.cores < best.quota.cores):
@@ -378,7 +384,9 @@ class CgroupFS:
     for /proc/PID/cgroup paths shown relative to it ("/" = host namespace).
     """
 
-    def __init__(self, cgroup_root: Path = Path("/sys/fs/cgroup"), *, layout: Layout | None = None, ns_root: str = "/"):
+    def __init__(
+        self, cgroup_root: Path = Path("/sys/fs/cgroup"), *, layout: Layout | None = None, ns_root: str = "/"
+    ) -> None:
         self.root = cgroup_root
         self.layout = layout if layout is not None else detect_layout(cgroup_root)
         self.ns_root = ns_root

@@ -1,0 +1,405 @@
+"""agent.cgroups on this machine's real hierarchies: real quotas, real throttling, real ids.
+
+Each test makes its own cgroups (``node-agent-test-<pid>-<random>``) in the
+hierarchy holding the controller it needs (v1 ``cpu`` here; the unified tree on
+a v2 host), moves a real busy process in, reads /proc/PID/cgroup through
+:class:`CgroupFS` and checks what it reports against what the kernel does.
+Processes are killed and cgroups removed on every exit path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.cgroups import (
+    CgroupFS,
+    CgroupIdResolver,
+    Hierarchy,
+    Mode,
+    cgroup_id,
+    detect_layout,
+    layout_from_mountinfo,
+    parse_proc_cgroup,
+)
+from agent.errors import CgroupError
+from tests.capabilities import missing, need, need_root
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+BUSY = "import sys\nsys.stdout.write('ready\\n'); sys.stdout.flush()\nwhile True: pass\n"
+
+pytestmark = [pytest.mark.cgroup]
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def host() -> CgroupFS:
+    try:
+        return CgroupFS(CGROUP_ROOT)
+    except CgroupError as exc:
+        missing(f"a mounted cgroup hierarchy at {CGROUP_ROOT} ({exc})")
+
+
+def writable(controller: str) -> tuple[CgroupFS, Hierarchy]:
+    """This host's hierarchy for ``controller``, if root can create cgroups in it."""
+    need_root()
+    fs = host()
+    h = fs.layout.for_controller(controller)
+    need(h is not None, f"a mounted cgroup hierarchy with the {controller} controller")
+    assert h is not None
+    need(os.access(h.mount, os.W_OK), f"a writable {controller} hierarchy at {h.mount}")
+    return fs, h
+
+
+class TempCgroups:
+    """Cgroups made under one unique top directory of a hierarchy; removed by :meth:`close`."""
+
+    def __init__(self, h: Hierarchy) -> None:
+        self.h = h
+        self.top = h.mount / f"node-agent-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.created: list[Path] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def rel(self, d: Path) -> str:
+        return "/" + str(d.relative_to(self.h.mount))
+
+    def make(self, sub: str = "") -> Path:
+        d = self.top / sub if sub else self.top
+        for p in [*reversed(d.relative_to(self.h.mount).parents[:-1]), d.relative_to(self.h.mount)]:
+            full = self.h.mount / p
+            if not full.exists():
+                try:
+                    full.mkdir()
+                except OSError as exc:
+                    missing(f"cannot create a cgroup in {self.h.mount} ({exc})")
+                self.created.append(full)
+        return d
+
+    def enable(self, d: Path, controller: str) -> None:
+        """v2 only: let ``d``'s children have the controller's files."""
+        if self.h.version == 2:
+            try:
+                (d / "cgroup.subtree_control").write_text(f"+{controller}")
+            except OSError as exc:
+                missing(f"cannot enable the {controller} controller below {d.parent} ({exc})")
+
+    def set_cores(self, d: Path, cores: float | None, period_us: int = 100_000) -> None:
+        quota = None if cores is None else round(cores * period_us)
+        if self.h.version == 2:
+            (d / "cpu.max").write_text(f"{'max' if quota is None else quota} {period_us}")
+        else:
+            (d / "cpu.cfs_period_us").write_text(str(period_us))
+            (d / "cpu.cfs_quota_us").write_text(str(-1 if quota is None else quota))
+
+    def busy(self) -> subprocess.Popen[bytes]:
+        """A CPU-bound python process, ready (it said so on stdout) before it is returned."""
+        proc = subprocess.Popen([sys.executable, "-c", BUSY], stdout=subprocess.PIPE)
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        return proc
+
+    def move(self, pid: int, d: Path) -> str:
+        """Move ``pid`` into ``d``; return its /proc/PID/cgroup text as read afterwards."""
+        (d / "cgroup.procs").write_text(str(pid))
+        return Path(f"/proc/{pid}/cgroup").read_text()
+
+    def close(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        for d in sorted(self.created, key=lambda p: len(p.parts), reverse=True):
+            self._remove(d)
+
+    def _remove(self, d: Path) -> None:
+        for _ in range(100):
+            try:
+                pids = [int(p) for p in (d / "cgroup.procs").read_text().split()]
+            except OSError:
+                pids = []
+            for pid in pids:  # not ours to kill: move anything left back to the root
+                with contextlib.suppress(OSError):
+                    (self.h.mount / "cgroup.procs").write_text(str(pid))
+            try:
+                d.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise AssertionError(f"could not remove test cgroup {d}")
+
+
+@contextlib.contextmanager
+def temp_cgroups(h: Hierarchy) -> Iterator[TempCgroups]:
+    t = TempCgroups(h)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def handle_id(path: Path) -> int:
+    """The cgroup id as the kernel encodes it in a file handle (FILEID_KERNFS): the oracle
+    the kernel's BPF selftests use for bpf_get_current_cgroup_id() (cgroup_helpers.c)."""
+
+    class FileHandle(ctypes.Structure):
+        _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("f_handle", ctypes.c_ubyte * 8)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fh = FileHandle(8, 0)
+    mount_id = ctypes.c_int()
+    at_fdcwd = -100
+    if libc.name_to_handle_at(at_fdcwd, os.fsencode(path), ctypes.byref(fh), ctypes.byref(mount_id), 0) != 0:
+        err = ctypes.get_errno()
+        missing(f"name_to_handle_at on {path}: {os.strerror(err)}")
+    assert fh.handle_bytes == 8
+    return int.from_bytes(bytes(fh.f_handle), sys.byteorder)
+
+
+# ---- layout and this process -------------------------------------------------------------------
+
+
+def test_layout_from_tree_agrees_with_mountinfo() -> None:
+    layout = detect_layout(CGROUP_ROOT) if CGROUP_ROOT.is_dir() else None
+    need(layout is not None, f"cgroups mounted at {CGROUP_ROOT}")
+    assert layout is not None
+    from_mounts = layout_from_mountinfo(Path("/proc/self/mountinfo").read_text())
+    assert layout.mode is from_mounts.mode
+    for controller in ("cpu", "cpuset", "memory"):
+        a, b = layout.for_controller(controller), from_mounts.for_controller(controller)
+        assert (a.mount.resolve() if a else None) == (b.mount.resolve() if b else None), controller
+    if layout.mode is Mode.HYBRID:
+        cpu = layout.for_controller("cpu")
+        assert cpu is not None
+        assert cpu.version == 1
+        assert layout.unified is not None
+
+
+def test_own_process_snapshot() -> None:
+    fs = host()
+    text = Path("/proc/self/cgroup").read_text()
+    snap = fs.snapshot(text)
+    assert snap.errors == ()
+    assert snap.limit is not None
+    assert snap.cpuset_cpus is None or snap.cpuset_cpus >= len(os.sched_getaffinity(0))
+    proc = parse_proc_cgroup(text)
+    if fs.unified is not None and proc.unified is not None:
+        assert snap.cgroup_id == os.stat(fs.unified.mount / proc.unified.lstrip("/")).st_ino
+
+
+# ---- CPU limits --------------------------------------------------------------------------------
+
+
+def test_half_core_quota_is_read_from_the_process() -> None:
+    fs, h = writable("cpu")
+    with temp_cgroups(h) as t:
+        top = t.make()
+        t.enable(top, "cpu")
+        leaf = t.make("app")
+        t.set_cores(leaf, 0.5)
+        proc = t.busy()
+        snap = fs.snapshot(t.move(proc.pid, leaf))
+        assert snap.errors == ()
+        assert snap.limit is not None
+        assert snap.limit.cores == 0.5
+        assert snap.limit.leaf == 0.5
+        assert snap.limit.source == t.rel(leaf)
+        assert snap.identity.path == t.rel(leaf)
+        assert snap.identity.name == t.rel(leaf).lstrip("/")
+        assert snap.identity.pod_uid is None
+
+
+@pytest.mark.parametrize(("child_cores", "expected", "from_child"), [(0.2, 0.2, True), (None, 0.5, False)])
+def test_nested_quota_minimum_over_ancestors(child_cores: float | None, expected: float, from_child: bool) -> None:
+    """A parent at 0.5 core and a child lower (0.2) or unlimited: the minimum wins.
+    (v1 refuses a child quota above its parent's; unlimited is the v1 way to be "higher".)"""
+    fs, h = writable("cpu")
+    with temp_cgroups(h) as t:
+        top = t.make()
+        t.enable(top, "cpu")
+        mid = t.make("pod")
+        t.enable(mid, "cpu")
+        child = t.make("pod/container")
+        t.set_cores(mid, 0.5)
+        t.set_cores(child, child_cores)
+        proc = t.busy()
+        snap = fs.snapshot(t.move(proc.pid, child))
+        assert snap.errors == ()
+        assert snap.limit is not None
+        assert snap.limit.cores == pytest.approx(expected)
+        assert snap.limit.leaf == child_cores
+        assert snap.limit.source == t.rel(child if from_child else mid)
+        assert snap.throttling_path == snap.limit.source
+
+
+def test_child_quota_above_parent() -> None:
+    """v2 accepts a child quota above its parent's and the parent's wins; v1 refuses it (EINVAL),
+    which is why the v1 fixtures never show a container limit above its pod's."""
+    fs, h = writable("cpu")
+    with temp_cgroups(h) as t:
+        top = t.make()
+        t.enable(top, "cpu")
+        mid = t.make("pod")
+        t.enable(mid, "cpu")
+        child = t.make("pod/container")
+        t.set_cores(mid, 0.5)
+        if h.version == 1:
+            with pytest.raises(OSError) as info:
+                t.set_cores(child, 2.0)
+            assert info.value.errno == errno.EINVAL
+            return
+        t.set_cores(child, 2.0)
+        proc = t.busy()
+        snap = fs.snapshot(t.move(proc.pid, child))
+        assert snap.limit is not None
+        assert (snap.limit.cores, snap.limit.leaf, snap.limit.source) == (0.5, 2.0, t.rel(mid))
+
+
+def test_throttling_counters_rise_under_a_small_quota() -> None:
+    fs, h = writable("cpu")
+    with temp_cgroups(h) as t:
+        top = t.make()
+        t.enable(top, "cpu")
+        leaf = t.make("app")
+        t.set_cores(leaf, 0.1, period_us=20_000)  # 2 ms every 20 ms: many periods in a short test
+        proc = t.busy()
+        text = t.move(proc.pid, leaf)
+        before = fs.snapshot(text)
+        cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(0.6)
+        after = fs.snapshot(text)
+        used, wall = cpu_seconds(proc.pid) - cpu0, time.monotonic() - wall0
+        assert before.throttling is not None
+        assert after.throttling is not None
+        assert after.throttling_path == t.rel(leaf)
+        assert after.limit is not None
+        assert after.limit.cores == pytest.approx(0.1)
+        periods = after.throttling.nr_periods - before.throttling.nr_periods
+        throttled = after.throttling.nr_throttled - before.throttling.nr_throttled
+        assert periods >= 10
+        assert throttled >= periods // 2  # a busy loop hits the quota in most periods
+        assert after.throttling.throttled_seconds > before.throttling.throttled_seconds
+        # and the limit we read is the one the kernel enforces
+        assert used <= 0.1 * wall * 2 + 0.02
+
+
+def test_cgroup_that_vanished_costs_only_its_fields() -> None:
+    fs, h = writable("cpu")
+    with temp_cgroups(h) as t:
+        top = t.make()
+        t.set_cores(top, 0.5)
+        proc = t.busy()
+        text = t.move(proc.pid, top)
+        proc.kill()
+        proc.wait(timeout=10)
+        t._remove(top)
+        snap = fs.snapshot(text)
+        assert snap.identity.path == t.rel(top)
+        assert snap.limit is None
+        assert snap.throttling is None
+        assert any("cpu limit" in e for e in snap.errors)
+
+
+def test_cpuset_count() -> None:
+    fs, h = writable("cpuset")
+    need(len(os.sched_getaffinity(0)) >= 1, "at least one CPU")
+    cpu = min(os.sched_getaffinity(0))
+    with temp_cgroups(h) as t:
+        top = t.make()
+        t.enable(top, "cpuset")
+        leaf = t.make("app")
+        for d in (top, leaf) if h.version == 1 else (leaf,):
+            if h.version == 1:  # v1 cpusets start empty: mems first, then cpus
+                mems = (d.parent / "cpuset.mems").read_text().strip()
+                (d / "cpuset.mems").write_text(mems)
+            (d / "cpuset.cpus").write_text(str(cpu))
+        proc = t.busy()
+        snap = fs.snapshot(t.move(proc.pid, leaf))
+        assert os.sched_getaffinity(proc.pid) == {cpu}
+        assert snap.cpuset_cpus == 1
+        assert "cpuset" not in " ".join(snap.errors)
+
+
+# ---- cgroup ids on the unified hierarchy -------------------------------------------------------
+
+
+def unified_writable() -> tuple[CgroupFS, Hierarchy]:
+    need_root()
+    fs = host()
+    need(fs.unified is not None, "a cgroup v2 (unified) hierarchy")
+    assert fs.unified is not None
+    need(os.access(fs.unified.mount, os.W_OK), f"a writable unified hierarchy at {fs.unified.mount}")
+    return fs, fs.unified
+
+
+def test_cgroup_id_matches_the_kernel_file_handle_and_resolves() -> None:
+    fs, u = unified_writable()
+    with temp_cgroups(u) as t:
+        t.make()
+        leaf = t.make("svc/worker")
+        proc = t.busy()
+        text = t.move(proc.pid, leaf)
+        parsed = fs.parse(text)
+        assert parsed.unified == t.rel(leaf)
+        cid = fs.cgroup_id(parsed)
+        assert cid is not None
+        assert cid == handle_id(leaf)
+        assert cid == cgroup_id(u.mount, t.rel(leaf))
+        assert fs.snapshot(text).cgroup_id == cid
+        resolver = CgroupIdResolver(u.mount)
+        assert resolver.resolve(cid) == t.rel(leaf)
+        assert resolver.resolve(handle_id(leaf.parent)) == t.rel(leaf.parent)
+
+
+def test_resolver_on_the_real_tree() -> None:
+    need(host().unified is not None, "a cgroup v2 (unified) hierarchy")
+    u = host().unified
+    assert u is not None
+    resolver = CgroupIdResolver(u.mount, max_walk=100_000)
+    root_id = os.stat(u.mount).st_ino
+    assert resolver.resolve(root_id) == "/"
+    own = parse_proc_cgroup(Path("/proc/self/cgroup").read_text()).unified
+    if own is not None:
+        assert resolver.resolve(cgroup_id(u.mount, own)) == own
+    # an id no cgroup has: one bounded walk (maybe over several calls), then nothing until the rewalk interval
+    for _ in range(1000):
+        walked = resolver.walked
+        assert resolver.resolve(1 << 62) is None
+        if resolver.walked == walked:
+            break
+    assert resolver.resolve(1 << 62) is None
+    assert resolver.resolve((1 << 62) + 1) is None
+    assert resolver.walked == walked
+
+
+def test_cleanup_leaves_nothing_behind() -> None:
+    _, h = writable("cpu")
+    with temp_cgroups(h) as t:
+        top = t.make()
+        t.make("a/b")
+        proc = t.busy()
+        t.move(proc.pid, top)
+    assert not top.exists()
+    assert proc.poll() == -signal.SIGKILL
