@@ -410,8 +410,9 @@ class Sampler:
         self._lib = importlib.import_module("bcc.libbcc").lib
         self._bpf = self._compile(bcc)
         try:
+            prog_fd = self._load(bcc)
             self._bind_maps()
-            self._attach(bcc)
+            self._attach(prog_fd)
         except BaseException:
             self.close()
             raise
@@ -443,6 +444,15 @@ class Sampler:
         return bpf
 
     def _bind_maps(self) -> None:
+        try:
+            self._bind_maps_unchecked()
+        except KeyError as e:  # bcc's way of saying "no such map"
+            raise BPFUnavailableError(
+                f"{self.config.source} does not define the maps the sampler drains",
+                help="use the bpf/profile.bpf.c that came with this node-agent",
+            ) from e
+
+    def _bind_maps_unchecked(self) -> None:
         b = self._bpf
         self._active_set = b.get_table(b"active_set")
         self._counts = [b.get_table(b"counts_0"), b.get_table(b"counts_1")]
@@ -460,12 +470,28 @@ class Sampler:
         self._batch_values = (counts.Leaf * cap)()
         self._stack_leaf = self._stacks[0].Leaf()
 
-    def _attach(self, bcc: ModuleType) -> None:
-        fn = self._bpf.load_func(PROGRAM.encode(), bcc.BPF.PERF_EVENT)
+    def _load(self, bcc: ModuleType) -> int:
+        """Load the program into the kernel (the verifier runs here); returns its fd."""
+        with _captured_stderr() as err:
+            try:
+                fn = self._bpf.load_func(PROGRAM.encode(), bcc.BPF.PERF_EVENT)
+            except Exception as e:  # bcc's bare Exception; the verifier log went to fd 2
+                failure: Exception | None = e
+            else:
+                failure = None
+        if failure is not None:
+            log_tail = _tail(err[0] if err else "", 20)
+            raise BPFUnavailableError(
+                f"the kernel refused to load {PROGRAM}: {failure}" + (f"\n{log_tail}" if log_tail else ""),
+                help="check kernel lockdown (/sys/kernel/security/lockdown) and dmesg; " + HELP_PRIVILEGES,
+            ) from failure
+        return int(fn.fd)
+
+    def _attach(self, prog_fd: int) -> None:
         online = _read(self.config.sysfs / "devices" / "system" / "cpu" / "online") or ""
         for cpu in parse_cpu_list(online):
             fd = self._lib.bpf_attach_perf_event(
-                ct.c_int(fn.fd),
+                ct.c_int(prog_fd),
                 ct.c_uint32(PERF_TYPE_SOFTWARE),
                 ct.c_uint32(PERF_COUNT_SW_CPU_CLOCK),
                 ct.c_uint64(self.sample_period_ns),
