@@ -47,9 +47,10 @@ RUN pip install --no-cache-dir \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY agent ./agent
-# The BPF program ships inside the package (pyproject's package-data agent/bpf/*.c), where
-# agent/sampler.py looks when there is no checkout around it.
-COPY bpf/profile.bpf.c ./agent/bpf/
+# The BPF program ships inside the package (pyproject's package-data agent/bpf/*.c, a
+# symlink to bpf/profile.bpf.c that the wheel build resolves), where agent/sampler.py
+# looks when there is no checkout around it.
+COPY bpf ./bpf
 # --no-deps: everything was installed, pinned, above. pip writes the bytecode now; at run
 # time the root filesystem is read-only (PYTHONDONTWRITEBYTECODE below).
 RUN pip install --no-cache-dir --no-deps . \

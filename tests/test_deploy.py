@@ -696,8 +696,10 @@ def test_docker_build_context_has_what_the_dockerfile_copies() -> None:
     for src in copied:
         assert (ROOT / src).exists(), src
         assert src.rstrip("/") in allowed, f"{src} is excluded by .dockerignore"
-    # The BPF program is packaged where the sampler looks outside a checkout.
-    assert ["bpf/profile.bpf.c", "./agent/bpf/"] in copies
+    # The BPF program is packaged where the sampler looks outside a checkout: agent/bpf/ holds a
+    # symlink into bpf/, which the wheel build resolves, so bpf/ must be in the context too.
+    assert ["bpf", "./bpf"] in copies
+    assert (ROOT / "agent" / "bpf" / "profile.bpf.c").resolve() == (ROOT / "bpf" / "profile.bpf.c").resolve()
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert "bpf/*.c" in package_data["agent"]
 
