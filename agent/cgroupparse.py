@@ -23,10 +23,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import cpulist
 from agent.errors import CgroupError
 
 DEFAULT_PERIOD_US = 100_000  # what the kernel uses when cpu.max holds only a quota
-MAX_CPUS = 1 << 16
 
 # Controllers the kernel can bind to a v1 hierarchy (kernel/cgroup/cgroup.c, cgroup_subsys.h).
 V1_CONTROLLERS = frozenset(
@@ -440,15 +440,10 @@ def parse_cpu_stat(text: str, version: int) -> Throttling | None:
 
 def count_cpus(text: str) -> int:
     """Kernel CPU list syntax "0-3,8,10-11" -> 7. Empty lists are an error (no CPU to run on)."""
-    cpus: set[int] = set()
-    for part in text.strip().split(","):
-        lo_s, sep, hi_s = part.strip().partition("-")
-        try:
-            lo = int(lo_s)
-            hi = int(hi_s) if sep else lo
-        except ValueError:
-            raise CgroupError(f"bad CPU list {text.strip()[:60]!r}") from None
-        if lo < 0 or hi < lo or hi >= MAX_CPUS:
-            raise CgroupError(f"bad CPU range {part!r} in CPU list")
-        cpus.update(range(lo, hi + 1))
+    try:
+        cpus = cpulist.parse_cpu_list(text)
+    except ValueError as exc:
+        raise CgroupError(str(exc)) from None
+    if not cpus:
+        raise CgroupError("bad CPU list '' (no CPU to run on)")
     return len(cpus)

@@ -32,11 +32,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, TypeVar
 
+from agent import cpulist
 from agent.errors import NodeAgentError, ProcessGoneError
 
 PF_KTHREAD = 0x00200000  # task->flags bit of kernel threads (include/linux/sched.h)
 DELETED_SUFFIX = " (deleted)"
-MAX_CPUS = 1 << 16  # refuse absurd CPU lists rather than build huge sets
 MAX_MEMORY_READ = 1 << 20
 GO_ENV_KEYS = ("GOMAXPROCS", "GODEBUG")
 
@@ -265,21 +265,10 @@ def parse_stat(text: str) -> Stat:
 
 def parse_cpu_list(text: str) -> frozenset[int]:
     """Kernel CPU list syntax "0-3,8,10-11" -> {0, 1, 2, 3, 8, 10, 11}."""
-    cpus: set[int] = set()
-    text = text.strip()
-    if not text:
-        return frozenset()
-    for part in text.split(","):
-        lo_s, sep, hi_s = part.strip().partition("-")
-        try:
-            lo = int(lo_s)
-            hi = int(hi_s) if sep else lo
-        except ValueError:
-            raise ProcfsError(f"bad CPU list {text!r}") from None
-        if lo < 0 or hi < lo or hi >= MAX_CPUS:
-            raise ProcfsError(f"bad CPU range {part!r} in CPU list")
-        cpus.update(range(lo, hi + 1))
-    return frozenset(cpus)
+    try:
+        return cpulist.parse_cpu_list(text)
+    except ValueError as exc:
+        raise ProcfsError(str(exc)) from None
 
 
 def parse_status(text: str) -> Status:

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any
 
+from agent import cpulist
 from agent.errors import BPFUnavailableError, NodeAgentError
 from agent.kheaders import HELP_NO_HEADERS, HeaderSearch, KernelHeaders, decide
 
@@ -142,13 +143,7 @@ class DrainResult:
 
 def parse_cpu_list(text: str) -> list[int]:
     """``0-3,5,7-8`` (sysfs cpu lists) -> [0, 1, 2, 3, 5, 7, 8]."""
-    cpus: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return cpus
+    return sorted(cpulist.parse_cpu_list(text))
 
 
 def parse_cap_eff(status: str) -> int:
