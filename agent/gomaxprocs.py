@@ -6,19 +6,25 @@ the code of ``runtime.GOMAXPROCS`` (located through pclntab), whose first
 32-bit RIP-relative load is ``ret := int(gomaxprocs)``.
 
 ``inferred:<rule>`` when memory cannot be read, with the rule that decided:
-  ``env``           GOMAXPROCS in the environment (a positive integer);
-  ``automaxprocs``  go.uber.org/automaxprocs linked in: floor(quota), min 1;
+  ``env``           GOMAXPROCS in the environment, as Go reads it (a positive
+                    decimal int32; anything else is ignored);
+  ``automaxprocs``  go.uber.org/automaxprocs linked in and GOMAXPROCS absent
+                    from the environment (present at all, even invalid, and
+                    automaxprocs leaves it alone): floor(leaf quota), min 1;
   ``go125-cgroup``  Go >= 1.25 default: min(CPUs, max(2, ceil(leaf limit)))
-                    unless GODEBUG (or the binary's DefaultGODEBUG) has
-                    containermaxprocs=0 — the default for modules whose go
+                    unless GODEBUG (or the binary's DefaultGODEBUG) turns
+                    containermaxprocs off — the default for modules whose go
                     directive is <= 1.24;
   ``cpus``          otherwise the number of CPUs the process may run on.
+Both Go 1.25 and automaxprocs read the limit of the process's own cgroup only,
+not its ancestors'.
 Computation here is pure; reading memory is a callable the caller supplies.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +35,7 @@ from agent.gobinary.symbolizer import GoBinary
 SHF_WRITE = 0x1
 SHF_EXECINSTR = 0x4
 MAX_PLAUSIBLE = 1 << 16  # Go caps nothing this high in practice; guards against garbage reads
+_GO_INT = re.compile(r"-?[0-9]*")  # Go's runtime atoi: optional '-', ASCII digits, nothing else
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ class Facts:
     default_godebug: str
     automaxprocs: bool
     affinity_cpus: int  # CPUs the process may run on (sched_getaffinity)
-    leaf_limit: float | None  # cores, the process's own cgroup only (what Go 1.25 reads)
+    leaf_limit: float | None  # cores, the process's own cgroup only (what Go 1.25 and automaxprocs read)
     effective_limit: float | None  # cores, min over the cgroup and its ancestors
 
 
@@ -67,15 +74,36 @@ def godebug_setting(key: str, env: str | None, default: str) -> str | None:
     return parse_godebug(env).get(key, parse_godebug(default).get(key))
 
 
+def go_atoi32(text: str) -> int | None:
+    """The runtime's strconv.Atoi32: no spaces, no '+', ASCII digits only, must fit an
+    int32 (leading zeros allowed, and a lone "-" is 0, as in Go)."""
+    if not text or _GO_INT.fullmatch(text) is None:
+        return None
+    digits = text.lstrip("-").lstrip("0")
+    if len(digits) > 10:  # beyond int32; also keeps int() off huge strings
+        return None
+    n = int(digits or "0")
+    if text.startswith("-"):
+        n = -n
+    return n if -(1 << 31) <= n < (1 << 31) else None
+
+
 def parse_env_gomaxprocs(text: str | None) -> int | None:
-    """Go's rule: a positive decimal integer applies, anything else is ignored."""
-    if text is None:
-        return None
-    text = text.strip()
-    if not text.isdigit():
-        return None
-    n = int(text)
-    return n if n > 0 else None
+    """Go's rule (schedinit): a positive int32 applies, anything else is ignored."""
+    n = None if text is None else go_atoi32(text)
+    return n if n is not None and n > 0 else None
+
+
+def containermaxprocs_enabled(env: str | None, default: str) -> bool:
+    """As runtime.parsegodebug sets debug.containermaxprocs: 1, then DefaultGODEBUG, then
+    $GODEBUG, left to right; a value Atoi32 rejects changes nothing; on when > 0."""
+    value = 1
+    for text in (default, env or ""):
+        for field in text.split(","):
+            key, sep, raw = field.partition("=")
+            if sep and key == "containermaxprocs" and (n := go_atoi32(raw)) is not None:
+                value = n
+    return value > 0
 
 
 def go125_default(affinity_cpus: int, leaf_limit: float | None) -> int:
@@ -89,17 +117,17 @@ def infer(f: Facts) -> Gomaxprocs:
     env = parse_env_gomaxprocs(f.env_gomaxprocs)
     if env is not None:
         return Gomaxprocs(env, "inferred:env", f"GOMAXPROCS={env} in the environment")
-    if f.automaxprocs:
-        if f.effective_limit is None:
+    if f.automaxprocs and f.env_gomaxprocs is None:
+        # automaxprocs reads only its own cgroup's quota, and sets nothing without one.
+        if f.leaf_limit is None or f.leaf_limit <= 0:
             return Gomaxprocs(f.affinity_cpus, "inferred:automaxprocs", "automaxprocs linked; no CPU quota")
-        value = max(1, math.floor(f.effective_limit))
-        return Gomaxprocs(value, "inferred:automaxprocs", f"automaxprocs: floor({f.effective_limit:g}) = {value}")
+        value = max(1, math.floor(f.leaf_limit))
+        return Gomaxprocs(value, "inferred:automaxprocs", f"automaxprocs: floor({f.leaf_limit:g}) = {value}")
     if f.go_version is not None and f.go_version >= (1, 25, 0):
-        setting = godebug_setting("containermaxprocs", f.env_godebug, f.default_godebug)
-        if setting != "0":
+        if containermaxprocs_enabled(f.env_godebug, f.default_godebug):
             value = go125_default(f.affinity_cpus, f.leaf_limit)
             return Gomaxprocs(value, "inferred:go125-cgroup", "Go >= 1.25 container-aware default")
-        detail = "Go >= 1.25 but containermaxprocs=0 (GODEBUG or go.mod <= 1.24); CPU count"
+        detail = "Go >= 1.25 but containermaxprocs off (GODEBUG or go.mod <= 1.24); CPU count"
         return Gomaxprocs(f.affinity_cpus, "inferred:cpus", detail)
     return Gomaxprocs(f.affinity_cpus, "inferred:cpus", "default: the CPUs the process may run on")
 

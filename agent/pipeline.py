@@ -19,7 +19,7 @@ from agent.attribution import attribute
 from agent.errors import BinaryError, NodeAgentError, NotGoError, ProcessGoneError
 from agent.gobinary.elf import open_image
 from agent.gobinary.symbolizer import BinaryCache, BoundedCache, GoBinary
-from agent.gomaxprocs import Facts, Gomaxprocs, godebug_setting, gomaxprocs_address, infer, read_live
+from agent.gomaxprocs import Facts, Gomaxprocs, gomaxprocs_address, infer, read_live
 from agent.model import GoProcessReport, OtherSummary, ScanResult
 from agent.procfs import ProcessInfo, ProcFS
 from agent.sampler import DrainResult
@@ -240,10 +240,7 @@ class Pipeline:
             effective_limit=cg.effective_limit,
         )
         gmp = self._gomaxprocs(info, binary, bias, facts)
-        off = (
-            version is not None
-            and godebug_setting("containermaxprocs", info.godebug_env, bi.default_godebug if bi else "") == "0"
-        )
+        off = version is not None and not containermaxprocs_enabled(info.godebug_env, bi.default_godebug if bi else "")
         judgement = judge(
             Evidence(
                 gomaxprocs=gmp.value,

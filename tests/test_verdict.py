@@ -99,9 +99,9 @@ def facts(**kw: object) -> Facts:
         ({"env_gomaxprocs": "8"}, Gomaxprocs(8, "inferred:env")),
         ({"env_gomaxprocs": "0"}, Gomaxprocs(64, "inferred:cpus")),  # ignored by Go
         ({"env_gomaxprocs": "x"}, Gomaxprocs(64, "inferred:cpus")),
-        ({"automaxprocs": True, "effective_limit": 2.7}, Gomaxprocs(2, "inferred:automaxprocs")),
-        ({"automaxprocs": True, "effective_limit": 0.5}, Gomaxprocs(1, "inferred:automaxprocs")),
-        ({"automaxprocs": True, "effective_limit": None}, Gomaxprocs(64, "inferred:automaxprocs")),
+        ({"automaxprocs": True, "leaf_limit": 2.7}, Gomaxprocs(2, "inferred:automaxprocs")),
+        ({"automaxprocs": True, "leaf_limit": 0.5}, Gomaxprocs(1, "inferred:automaxprocs")),
+        ({"automaxprocs": True, "leaf_limit": None}, Gomaxprocs(64, "inferred:automaxprocs")),
         ({"automaxprocs": True, "env_gomaxprocs": "3"}, Gomaxprocs(3, "inferred:env")),
         ({"go_version": (1, 25, 0)}, Gomaxprocs(2, "inferred:go125-cgroup")),
         ({"go_version": (1, 25, 0), "leaf_limit": 3.2}, Gomaxprocs(4, "inferred:go125-cgroup")),
@@ -122,7 +122,8 @@ def test_inference(kw: dict[str, object], expected: Gomaxprocs) -> None:
 
 
 def test_helpers() -> None:
-    assert parse_env_gomaxprocs(" 12\n") == 12
+    assert parse_env_gomaxprocs("12") == 12
+    assert parse_env_gomaxprocs(" 12\n") is None  # Go's atoi takes no spaces
     assert parse_env_gomaxprocs("-1") is None
     assert godebug_setting("a", "a=2", "a=1,b=3") == "2"
     assert godebug_setting("b", "a=2", "a=1,b=3") == "3"

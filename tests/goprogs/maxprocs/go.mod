@@ -1,0 +1,3 @@
+module nodeagent.test/maxprocs
+
+go 1.19
