@@ -19,7 +19,7 @@ from agent.attribution import attribute
 from agent.errors import BinaryError, NodeAgentError, NotGoError, ProcessGoneError
 from agent.gobinary.elf import open_image
 from agent.gobinary.symbolizer import BinaryCache, BoundedCache, GoBinary
-from agent.gomaxprocs import Facts, Gomaxprocs, gomaxprocs_address, infer, read_live
+from agent.gomaxprocs import Facts, Gomaxprocs, containermaxprocs_enabled, gomaxprocs_address, infer, read_live
 from agent.model import GoProcessReport, OtherSummary, ScanResult
 from agent.procfs import ProcessInfo, ProcFS
 from agent.sampler import DrainResult
