@@ -14,11 +14,15 @@ tree) is read through a ``read(addr, size)`` callable the caller supplies.
 
 from __future__ import annotations
 
+import operator
 import struct
+import sys
+from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
+from itertools import islice
 
 from agent.errors import CorruptBinaryError, NotGoError, UnsupportedGoError
 
@@ -199,17 +203,25 @@ class LineTable:
         _check(self.functab + ftsize <= n, "function table truncated")
 
     def _index_functions(self) -> None:
-        fmt = self.order + ("I" if self.field_size == 4 else "Q" if self.field_size == 8 else "I")
-        count = self.nfunc * 2 + 1
-        raw = struct.unpack_from(f"{self.order}{count}{fmt[-1]}", self.data, self.functab)
+        """entries[i] = entry PC of function i (plus the end of text); sorted or refused.
+
+        Built with array/map so a 60k-function table indexes in a few ms.
+        """
+        typecode = "I" if self.field_size == 4 else "Q"
+        arr = array(typecode)
+        if arr.itemsize != self.field_size:  # exotic platform: fall back to struct
+            arr = array("q", struct.unpack_from(f"{self.order}{self.nfunc * 2 + 1}{typecode}", self.data, self.functab))
+        else:
+            arr.frombytes(self.data[self.functab : self.functab + (self.nfunc * 2 + 1) * self.field_size])
+            if (self.order == "<") != (sys.byteorder == "little"):
+                arr.byteswap()
         base = self.text_start if self.version >= PclnVersion.GO118 else 0
-        entries = [base + x for x in raw[0::2]]
-        offsets = raw[1::2]
-        for i in range(1, len(entries)):
-            if entries[i] < entries[i - 1]:
-                raise CorruptBinaryError("pclntab: function table is not sorted")
+        offsets = arr[0::2]
+        entries = list(map(base.__add__, offsets)) if base else offsets.tolist()
+        if not all(map(operator.le, entries, islice(entries, 1, None))):
+            raise CorruptBinaryError("pclntab: function table is not sorted")
         self.entries: list[int] = entries  # nfunc + 1 items: the last is the end of text
-        self.func_offsets: tuple[int, ...] = offsets
+        self.func_offsets: array[int] = arr[1::2]
 
     # ---- primitives ---------------------------------------------------------------------------
     def _cstring(self, off: int) -> str:

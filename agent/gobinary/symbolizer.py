@@ -8,7 +8,6 @@ cache: hot PCs repeat every sampling interval.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 import threading
@@ -131,6 +130,8 @@ class GoBinary:
             return "go:" + self.go_build_id
         if self.gnu_build_id:
             return "gnu:" + self.gnu_build_id
+        import hashlib  # noqa: PLC0415 - rare path; keeps `symbolize` start-up lean
+
         return "sha256:" + hashlib.sha256(self.tables.pclntab).hexdigest()[:32]
 
     def addr2line(self, pc: int) -> Frame | None:
