@@ -112,7 +112,7 @@ def test_daemon_labels_kubernetes_workloads_from_cgroup_and_pod_watch(tmp_path: 
     def value(name: str) -> float:
         got = [v for lbl, v in metrics.get(name, []) if lbl.items() >= labels.items()]
         assert got, (name, log[-2000:])
-        return got[0]
+        return float(got[0])
 
     assert value("node_agent_go_gomaxprocs") == 64
     assert value("node_agent_go_gomaxprocs_recommended") == 2
