@@ -8,6 +8,7 @@ inline chains wherever DWARF has a line.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,54 @@ def test_info_and_identity(minor: tuple[int, int]) -> None:
     ).stdout
     assert f"go version      {full.toolchain.version_string}" in out
     assert "automaxprocs    no" in out
+
+
+def _build_cgo_pie(tc: GoToolchain) -> tuple[Path, Path]:
+    """symtest as an externally linked (gcc) PIE, and its `strip`ped copy.
+
+    The host linker's script merges `.data.rel.ro.gopclntab` into `.data.rel.ro`
+    (Go <= 1.26), so a stripped copy has no section or symbol naming the table:
+    only the header scan confirmed by moduledata finds it.
+    """
+    out = gobuild.testbins_dir() / f"symtest-cgo-{gobuild.source_hash(gobuild.SYMTEST)}" / tc.version_string
+    full, stripped = out / "pie-ext", out / "pie-ext-strip"
+    if not stripped.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        env = {**gobuild.go_env(tc), "CGO_ENABLED": "1"}
+        cmd = [str(tc.go), "build", "-buildmode=pie", "-buildvcs=false", "-ldflags=-linkmode=external", "-o", str(full)]
+        proc = subprocess.run([*cmd, "."], cwd=gobuild.SYMTEST, env=env, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        subprocess.run(["strip", "-o", str(stripped), str(full)], check=True)
+    return full, stripped
+
+
+@pytest.mark.gotoolchain
+@pytest.mark.parametrize("minor", [(1, 21), (1, 25), (1, 27)], ids=lambda m: f"go1.{m[1]}")
+def test_externally_linked_stripped_pie(minor: tuple[int, int]) -> None:
+    need(shutil.which("gcc") is not None, "gcc (cgo external linking)")
+    need(oracles.llvm_symbolizer() is not None, "llvm-symbolizer (Debian package llvm)")
+    tc = _toolchain(minor)
+    full, stripped = _build_cgo_pie(tc)
+    info = ParsedBinary.open(stripped).info()
+    if minor < (1, 27):
+        assert info.pclntab_location.startswith("scan of .data.rel.ro"), info.pclntab_location
+    layout = oracles.text_layout(full)
+    pcs = [
+        pc
+        for pc in oracles.sample_pcs(full, 6000, seed=3)
+        if (fn := layout.function_at(pc)) is not None and "." in fn.name and "cgo" not in fn.name
+    ]
+    # Go's own tools read neither a merged table nor an external link's text start, so DWARF is the oracle.
+    expected = oracles.llvm_inlines(full, pcs)
+    got = _parse_inline_blocks(run_symbolize(stripped, pcs, "--inlines"))
+    checked = differ = 0
+    for e, raw in zip(expected, got, strict=True):
+        if not e:
+            continue
+        checked += 1
+        g = [(fn.replace("·", "."), file, line) for fn, file, line in raw]
+        if g != e:
+            differ += 1
+            assert g and g[0][0] == e[0][0], (e, g)  # where the CPU was: always the same function
+    assert checked > 3000
+    assert differ <= max(10, checked // 500), f"{differ}/{checked} differ from DWARF"
