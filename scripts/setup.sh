@@ -14,7 +14,7 @@ APT_PACKAGES=(
   golang-1.19-go                                 # oldest toolchain under test
   prometheus                                     # prometheus + promtool for the e2e and rule tests
   binutils llvm linux-perf time                  # strip, llvm-symbolizer, perf, /usr/bin/time (oracles, anchors)
-  procps psmisc ca-certificates
+  procps psmisc ca-certificates gcc libc6-dev   # gcc: cgo test builds
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }
