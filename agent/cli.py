@@ -276,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_host_options(run)
     run.set_defaults(func=cmd_run)
+
+    from agent.demo import add_demo_parser
+
+    add_demo_parser(sub)
     return parser
 
 

@@ -7,11 +7,14 @@ frame, as node-agent defines it.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from agent.goruntime import Category, classify
+
+_HEADER = re.compile(r"^\s*(\d+)\s+(\d+\.\d+):\s*$")
 
 
 def record(pids: list[int], seconds: float, out: Path, frequency: int = 97) -> subprocess.Popen[bytes]:
@@ -35,6 +38,11 @@ def categories(data: Path, window: tuple[float, float] | None = None) -> dict[in
         check=True,
         timeout=300,
     ).stdout
+    return parse_script(text, window)
+
+
+def parse_script(text: str, window: tuple[float, float] | None = None) -> dict[int, Counter[Category]]:
+    """``perf script -F pid,time,ip,sym,dso`` output -> per-pid category counts."""
     out: dict[int, Counter[Category]] = defaultdict(Counter)
     pid: int | None = None
     when = 0.0
@@ -49,10 +57,10 @@ def categories(data: Path, window: tuple[float, float] | None = None) -> dict[in
             flush()
             pid, frames = None, []
             continue
-        if not line.startswith((" ", "\t")):
+        head = _HEADER.match(line)
+        if head:  # perf right-aligns the pid: a header line can start with spaces, a frame line with a tab
             flush()
-            head = line.split()
-            pid, when, frames = int(head[0]), float(head[1].rstrip(":")), []
+            pid, when, frames = int(head[1]), float(head[2]), []
             continue
         parts = line.split(None, 1)
         if len(parts) < 2:

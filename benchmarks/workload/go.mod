@@ -1,0 +1,3 @@
+module nodeagent.bench/workload
+
+go 1.19
