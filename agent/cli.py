@@ -83,8 +83,22 @@ def cmd_symbolize(args: argparse.Namespace) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if value <= 0:
+    if not value > 0:  # NaN too
         raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
     return value
 
 
@@ -102,6 +116,10 @@ def _add_host_options(p: argparse.ArgumentParser) -> None:
         default=Path(os.environ.get("NODE_AGENT_HOST_ROOT", "/")),
         help="where the host's /proc and /sys are mounted (in a container: /host) [env NODE_AGENT_HOST_ROOT]",
     )
+    _add_bpf_options(p)
+
+
+def _add_bpf_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kernel-headers",
         type=Path,
@@ -142,6 +160,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
         with open(args.folded, "w") as f:
             write_folded(result, f)
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import cmd_demo as run
+
+    return run(args)
 
 
 def _env(name: str, default: str) -> str:
@@ -277,9 +301,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_host_options(run)
     run.set_defaults(func=cmd_run)
 
-    from agent.demo import add_demo_parser
-
-    add_demo_parser(sub)
+    demo = sub.add_parser(
+        "demo",
+        help="show the problem on this machine: one Go service, GOMAXPROCS 64 vs the fix, each in 1 CPU",
+        description="Build the bundled Go service and run two copies side by side, each in its own cgroup "
+        "limited to 1 CPU: one with the GOMAXPROCS a big host gives it, one with node-agent's recommendation. "
+        "Drive both with the same load, profile the machine meanwhile, and print them side by side with the "
+        "throughput the fix gains; write both pprof profiles. Needs root, BPF, a Go toolchain and a cgroup cpu "
+        "controller; removes everything it created on exit (Ctrl-C included).",
+    )
+    demo.add_argument("--duration", type=_positive_float, default=30.0, help="seconds to profile (default 30)")
+    demo.add_argument(
+        "--warmup", type=_non_negative_float, default=3.0, help="seconds of load before profiling (default 3)"
+    )
+    demo.add_argument("--concurrency", type=_positive_int, default=8, help="concurrent clients per copy (default 8)")
+    demo.add_argument(
+        "--big-gomaxprocs",
+        type=_positive_int,
+        default=64,
+        metavar="N",
+        help="GOMAXPROCS of the misconfigured copy: what a big host gives it (default 64)",
+    )
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("node-agent-demo-profiles"),
+        metavar="DIR",
+        help="where to write the pprof profiles (default ./node-agent-demo-profiles)",
+    )
+    demo.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_bpf_options(demo)
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -13,8 +13,8 @@ load generators get a child of their own (no limit): it keeps them from
 competing with the services task-by-task on a small machine, which makes the
 two copies' numbers far less noisy.
 
-This module is imported when the CLI builds its parser: the heavy modules
-(bcc, rich, protobuf) are imported only when the demo runs.
+The CLI defines the ``demo`` options and imports this module only when the
+demo runs; the heavy modules (bcc, rich, protobuf) come later still.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import json
 import os
@@ -40,8 +39,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
-from agent.errors import CgroupError, NodeAgentError
-from agent.gotoolchain import GoToolchain, cache_dir, find_toolchains
+from agent.cgroupctl import HELP_CGROUP, CgroupTree, find_cpu_hierarchy, remove_stale
+from agent.errors import NodeAgentError
+from agent.gotoolchain import GoToolchain, build_env, cache_dir, find_toolchains
 from agent.verdict import Verdict, recommended_gomaxprocs
 
 if TYPE_CHECKING:
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 DEMO_SRC = Path(__file__).resolve().parent / "demo"
 CGROUP_PREFIX = "node-agent-demo-"
 LIMIT_CORES = 1.0
-PERIOD_US = 100_000
 READY_TIMEOUT_S = 15.0
 BUILD_TIMEOUT_S = 600
 TAIL_S = 2.0  # the load runs this much longer than the profile, so the window never sees it wind down
@@ -65,10 +64,6 @@ HELP_ROOT = "run it as root (sudo node-agent demo): it creates cgroups and loads
 HELP_GO = (
     "install a Go toolchain (Debian/Ubuntu: apt-get install golang-go; or scripts/setup.sh), "
     "or point NODE_AGENT_GO at a `go` executable"
-)
-HELP_CGROUP = (
-    "the demo needs a cgroup cpu controller: cgroup v1 mounted at /sys/fs/cgroup/cpu, or cgroup v2 with "
-    "`cpu` in cgroup.controllers (a container needs a writable /sys/fs/cgroup, e.g. --privileged)"
 )
 
 
@@ -106,24 +101,6 @@ def source_hash(src: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def go_env(toolchain: GoToolchain, cache: Path) -> dict[str, str]:
-    """This toolchain only, no network, caches under ours (never the user's)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GO") and k != "CGO_ENABLED"}
-    env.update(
-        GOROOT=str(toolchain.goroot),
-        GOTOOLCHAIN="local",
-        GOFLAGS="-mod=mod",
-        GO111MODULE="on",
-        GOPROXY="off",
-        GOWORK="off",
-        GOENV="off",
-        CGO_ENABLED="0",
-        GOCACHE=str(cache / "gocache"),
-        GOPATH=str(cache / "gopath"),
-    )
-    return env
-
-
 def build_demo(toolchain: GoToolchain, src: Path = DEMO_SRC, cache: Path | None = None) -> tuple[Path, bool]:
     """(the service binary, whether it was built now): cached per source hash and toolchain.
 
@@ -150,7 +127,7 @@ def build_demo(toolchain: GoToolchain, src: Path = DEMO_SRC, cache: Path | None 
             proc = subprocess.run(
                 cmd,
                 cwd=work,
-                env=go_env(toolchain, base),
+                env=build_env(toolchain, base),
                 capture_output=True,
                 text=True,
                 timeout=BUILD_TIMEOUT_S,
@@ -168,142 +145,6 @@ def build_demo(toolchain: GoToolchain, src: Path = DEMO_SRC, cache: Path | None 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out, True
-
-
-# --------------------------------------------------------------------------- cgroups
-
-
-@dataclass(frozen=True)
-class CpuHierarchy:
-    version: int  # 1 or 2
-    root: Path  # where the hierarchy with the cpu controller is mounted
-
-
-def find_cpu_hierarchy(cgroup_fs: Path = Path("/sys/fs/cgroup")) -> CpuHierarchy:
-    """cgroup v1's cpu controller if mounted, else a cgroup v2 tree that offers ``cpu``."""
-    v1 = cgroup_fs / "cpu"
-    if (v1 / "cpu.cfs_quota_us").is_file():
-        return CpuHierarchy(1, v1)
-    for root in (cgroup_fs, cgroup_fs / "unified"):
-        try:
-            controllers = (root / "cgroup.controllers").read_text().split()
-        except OSError:
-            continue
-        if "cpu" in controllers:
-            return CpuHierarchy(2, root)
-    raise CgroupError(f"no cgroup cpu controller under {cgroup_fs}", help=HELP_CGROUP)
-
-
-def v1_limit_files(cores: float | None, period_us: int = PERIOD_US) -> dict[str, str]:
-    quota = -1 if cores is None else round(cores * period_us)
-    return {"cpu.cfs_period_us": str(period_us), "cpu.cfs_quota_us": str(quota)}
-
-
-def v2_limit_files(cores: float | None, period_us: int = PERIOD_US) -> dict[str, str]:
-    quota = "max" if cores is None else str(round(cores * period_us))
-    return {"cpu.max": f"{quota} {period_us}"}
-
-
-def _write(path: Path, text: str) -> None:
-    try:
-        path.write_text(text)
-    except OSError as exc:
-        raise CgroupError(f"cannot write {text.strip()!r} to {path}: {exc.strerror or exc}", help=HELP_CGROUP) from None
-
-
-def _procs(cgroup: Path) -> list[int]:
-    try:
-        return [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
-    except (OSError, ValueError):
-        return []
-
-
-def remove_cgroup(path: Path, timeout_s: float = 5.0) -> str | None:
-    """Kill what is inside (children first), then rmdir, retrying while the kernel lets go.
-
-    None when the directory is gone, else why it is still there.
-    """
-    with contextlib.suppress(OSError):
-        for child in [p for p in path.iterdir() if p.is_dir()]:
-            remove_cgroup(child, timeout_s)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        for pid in _procs(path):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        try:
-            path.rmdir()
-            return None
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY) or time.monotonic() > deadline:
-                return f"could not remove cgroup {path}: {exc.strerror or exc}"
-        time.sleep(0.05)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale(hierarchy: CpuHierarchy) -> list[str]:
-    """Trees left by a demo that was killed with SIGKILL (its pid is gone)."""
-    problems = []
-    for d in hierarchy.root.glob(CGROUP_PREFIX + "*"):
-        suffix = d.name.removeprefix(CGROUP_PREFIX)
-        if d.is_dir() and suffix.isdigit() and not _pid_alive(int(suffix)):
-            problem = remove_cgroup(d)
-            if problem:
-                problems.append(problem)
-    return problems
-
-
-class CgroupTree:
-    """``node-agent-demo-<pid>`` and one child per group of processes, each with its own CPU limit."""
-
-    def __init__(self, hierarchy: CpuHierarchy, name: str | None = None) -> None:
-        self.hierarchy = hierarchy
-        self.path = hierarchy.root / (name or f"{CGROUP_PREFIX}{os.getpid()}")
-
-    def create(self) -> None:
-        try:
-            self.path.mkdir()
-        except OSError as exc:
-            raise CgroupError(f"cannot create cgroup {self.path}: {exc.strerror or exc}", help=HELP_CGROUP) from None
-        if self.hierarchy.version == 2:
-            # v2 hands the cpu controller down one level at a time; children of our tree need it here.
-            for level in (self.hierarchy.root, self.path):
-                control = level / "cgroup.subtree_control"
-                try:
-                    enabled = control.read_text().split()
-                except OSError:
-                    enabled = []
-                if "cpu" not in enabled:
-                    _write(control, "+cpu")
-
-    def child(self, name: str, cores: float | None) -> Path:
-        path = self.path / name
-        try:
-            path.mkdir()
-        except OSError as exc:
-            raise CgroupError(f"cannot create cgroup {path}: {exc.strerror or exc}", help=HELP_CGROUP) from None
-        files = v1_limit_files(cores) if self.hierarchy.version == 1 else v2_limit_files(cores)
-        for fname, text in files.items():
-            _write(path / fname, text)
-        return path
-
-    def rel(self, child: Path) -> str:
-        """The path /proc/PID/cgroup shows for a process in ``child``."""
-        return "/" + str(child.relative_to(self.hierarchy.root))
-
-    def remove(self) -> str | None:
-        return remove_cgroup(self.path)
 
 
 # --------------------------------------------------------------------------- children
@@ -721,8 +562,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = lambda _m: None) -> D
         say(f"building the demo service with {toolchain.version_string}")
         binary, built = build_demo(toolchain)
         say(f"{'built' if built else 'using the cached'} {binary}")
-        warnings = remove_stale(hierarchy)
-        tree = CgroupTree(hierarchy)
+        warnings = remove_stale(hierarchy.root, CGROUP_PREFIX)
+        tree = CgroupTree(hierarchy, f"{CGROUP_PREFIX}{os.getpid()}")
         children = Children()
         try:
             services, scan, stats = _run(cfg, binary, tree, children, fixed, say)
@@ -927,78 +768,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  {pprof_command(p)}", file=hint_to)
     sys.stdout.flush()
     return 0
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
-
-
-def _frequency(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 10_000:
-        raise argparse.ArgumentTypeError("must be 1..10000 Hz")
-    return value
-
-
-def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``demo`` on the CLI's subparsers (``build_parser`` calls this)."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "demo",
-        help="show the problem on this machine: one Go service, GOMAXPROCS 64 vs the fix, each in 1 CPU",
-        description="Build the bundled Go service and run two copies side by side, each in its own cgroup "
-        "limited to 1 CPU: one with the GOMAXPROCS a big host gives it, one with node-agent's recommendation. "
-        "Drive both with the same load, profile the machine meanwhile, and print them side by side with the "
-        "throughput the fix gains; write both pprof profiles. Needs root, BPF, a Go toolchain and a cgroup cpu "
-        "controller; removes everything it created on exit (Ctrl-C included).",
-    )
-    p.add_argument("--duration", type=_positive_float, default=30.0, help="seconds to profile (default 30)")
-    p.add_argument(
-        "--warmup", type=_non_negative_float, default=3.0, help="seconds of load before profiling (default 3)"
-    )
-    p.add_argument("--concurrency", type=_positive_int, default=8, help="concurrent clients per copy (default 8)")
-    p.add_argument(
-        "--big-gomaxprocs",
-        type=_positive_int,
-        default=64,
-        metavar="N",
-        help="GOMAXPROCS of the misconfigured copy: what a big host gives it (default 64)",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("node-agent-demo-profiles"),
-        metavar="DIR",
-        help="where to write the pprof profiles (default ./node-agent-demo-profiles)",
-    )
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument(
-        "--frequency",
-        type=_frequency,
-        default=int(os.environ.get("NODE_AGENT_FREQUENCY", "97")),
-        help="samples per second per CPU (default 97) [env NODE_AGENT_FREQUENCY]",
-    )
-    p.add_argument(
-        "--kernel-headers",
-        type=Path,
-        default=os.environ.get("NODE_AGENT_KERNEL_HEADERS") or None,
-        help="kernel headers directory for bcc (default: search) [env NODE_AGENT_KERNEL_HEADERS]",
-    )
-    p.set_defaults(func=cmd_demo)
-    return p

@@ -42,6 +42,29 @@ def cache_dir() -> Path:
     return Path(base) / "node-agent"
 
 
+def build_env(toolchain: GoToolchain, cache: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """A hermetic ``go build`` environment: this toolchain only, no network, caches under ``cache``.
+
+    The caller's GO* settings are dropped so a user's GOFLAGS, GOPROXY or GOTOOLCHAIN
+    cannot change what gets built.
+    """
+    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("GO")}
+    env.pop("CGO_ENABLED", None)
+    env.update(
+        GOROOT=str(toolchain.goroot),
+        GOTOOLCHAIN="local",
+        GOFLAGS="-mod=mod",
+        GO111MODULE="on",
+        GOPROXY="off",
+        GOWORK="off",
+        GOENV="off",
+        CGO_ENABLED="0",
+        GOCACHE=str(cache / "gocache"),
+        GOPATH=str(cache / "gopath"),
+    )
+    return env
+
+
 def parse_version(text: str) -> tuple[int, int, int] | None:
     m = _VERSION_RE.search(text)
     if not m:

@@ -62,7 +62,7 @@ from typing import IO, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.gotoolchain import GoToolchain, cache_dir, find_toolchain
+from agent.gotoolchain import GoToolchain, build_env, cache_dir, find_toolchain
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -103,18 +103,7 @@ def build_workload(tc: GoToolchain) -> Path:
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GO") and k != "CGO_ENABLED"}
-    env.update(
-        GOROOT=str(tc.goroot),
-        GOTOOLCHAIN="local",
-        GOFLAGS="-mod=mod",
-        GOPROXY="off",
-        GOWORK="off",
-        GOENV="off",
-        CGO_ENABLED="0",
-        GOCACHE=str(cache_dir() / "bench" / "gocache"),
-        GOPATH=str(cache_dir() / "bench" / "gopath"),
-    )
+    env = build_env(tc, cache_dir() / "bench")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         proc = subprocess.run(

@@ -52,6 +52,8 @@ from types import FrameType
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent import cgroupctl
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 V1_CPU = Path("/sys/fs/cgroup/cpu")
@@ -352,56 +354,15 @@ def build_binaries() -> list[Binary]:
 # ---- cgroups -----------------------------------------------------------------------------------
 
 
-def _write(path: Path, text: str) -> None:
-    path.write_text(text)
-
-
-def _cgroup_pids(path: Path) -> list[int]:
-    try:
-        return [int(p) for p in (path / "cgroup.procs").read_text().split()]
-    except OSError:
-        return []
-
-
 def remove_cgroup(path: Path) -> None:
-    """Kill what is left inside (children first), then rmdir, retrying while the kernel lets go."""
-    if not path.is_dir():
-        return
-    for child in sorted((p for p in path.iterdir() if p.is_dir()), reverse=True):
-        remove_cgroup(child)
-    for _ in range(100):
-        for pid in _cgroup_pids(path):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.05)
-    print(f"bench_soak: could not remove cgroup {path}", file=sys.stderr)
+    problem = cgroupctl.remove_cgroup(path)
+    if problem:
+        print(f"bench_soak: {problem}", file=sys.stderr)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def sweep_stale_cgroups(root: Path = V1_CPU) -> list[Path]:
-    """Remove soak cgroups whose harness is gone (a SIGKILLed earlier run)."""
-    removed = []
-    for path in root.glob(f"{CGROUP_PREFIX}*"):
-        suffix = path.name[len(CGROUP_PREFIX) :]
-        if suffix.isdigit() and not _pid_alive(int(suffix)):
-            remove_cgroup(path)
-            removed.append(path)
-    return removed
+def sweep_stale_cgroups(root: Path = V1_CPU) -> list[str]:
+    """Remove soak cgroups whose harness is gone (a SIGKILLed earlier run); the problems, if any."""
+    return cgroupctl.remove_stale(root, CGROUP_PREFIX)
 
 
 class SoakCgroups:
@@ -424,8 +385,7 @@ class SoakCgroups:
             raise SoakError(f"cannot create a v1 cpu cgroup under {self.root.parent} ({exc}); run as root") from exc
 
     def _limit(self, path: Path, cores: float | None) -> None:
-        _write(path / "cpu.cfs_period_us", str(self.period_us))
-        _write(path / "cpu.cfs_quota_us", str(-1 if cores is None else int(cores * self.period_us)))
+        cgroupctl.set_limit(path, 1, cores, self.period_us)
 
     def child(self, name: str, cores: float) -> Path:
         path = self.root / name
@@ -485,6 +445,17 @@ class Workload:
         # Overrunning is the machine's doing (a 0.2-core quota on a loaded node), not a failure: counted, killed.
         return self.started + self.lifetime_s + 60.0
 
+
+
+def _kill(w: Workload) -> None:
+    """Close its ready pipe and SIGKILL its process groups; the reaping is left to the caller."""
+    if w.ready_fd is not None:
+        os.close(w.ready_fd)
+        w.ready_fd = None
+    for p in w.procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
 
 class Fleet:
     """Keeps ``target`` Go processes alive, each a random lifetime, each replaced by a different binary.
@@ -656,13 +627,7 @@ class Fleet:
         why = self._failure(w)
         if why is not None:
             self.failures.append(f"{w.binary.label}: {why}")
-        if w.ready_fd is not None:
-            os.close(w.ready_fd)
-            w.ready_fd = None
-        for p in w.procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
+        _kill(w)
         self.dying.append(w)
 
     def _reap(self) -> None:
@@ -674,13 +639,7 @@ class Fleet:
         """Every workload, live or dying: SIGKILL its process group, reap it, remove its cgroup."""
         everyone = self.live + self.dying
         for w in everyone:
-            if w.ready_fd is not None:
-                os.close(w.ready_fd)
-                w.ready_fd = None
-            for p in w.procs:
-                if p.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(p.pid, signal.SIGKILL)
+            _kill(w)
         for w in everyone:
             for p in w.procs:
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -881,8 +840,8 @@ def _wait(what: str, done: Callable[[], bool], timeout_s: float, agent: Agent, f
 
 
 def run_soak(opts: Options, command: str) -> SoakResult:
-    for stale in sweep_stale_cgroups():
-        _progress(f"removed a stale cgroup from an earlier run: {stale}")
+    for problem in sweep_stale_cgroups():
+        _progress(f"a stale cgroup from an earlier run is still there: {problem}")
     if os.geteuid() != 0 or not (V1_CPU / "cpu.cfs_quota_us").exists():
         raise SoakError(f"needs root and a writable cgroup v1 cpu controller at {V1_CPU}")
     _progress("building the binary matrix (cached after the first run)")

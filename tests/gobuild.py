@@ -40,7 +40,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.gotoolchain import GoToolchain, cache_dir, find_toolchains
+from agent.gotoolchain import GoToolchain, build_env, cache_dir, find_toolchains
 
 MODES = ("exe", "pie")
 VARIANTS = ("full", "strip", "sw")
@@ -83,21 +83,7 @@ def source_hash(source_dir: Path) -> str:
 
 def go_env(toolchain: GoToolchain) -> dict[str, str]:
     """A hermetic environment: this toolchain only, no network, caches under our cache dir."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GO") and k != "CGO_ENABLED"}
-    base = testbins_dir()
-    env.update(
-        GOROOT=str(toolchain.goroot),
-        GOTOOLCHAIN="local",
-        GOFLAGS="-mod=mod",
-        GO111MODULE="on",
-        GOPROXY="off",
-        GOWORK="off",
-        CGO_ENABLED="0",
-        GOCACHE=str(base / "gocache"),
-        GOPATH=str(base / "gopath"),
-        GOENV="off",
-    )
-    return env
+    return build_env(toolchain, testbins_dir())
 
 
 def _output_path(toolchain: GoToolchain, source_dir: Path, mode: str, variant: str) -> Path:

@@ -19,10 +19,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.cgroupctl import remove_cgroup
 from tests.capabilities import need_root
 from tests.fakeapi import FakeKubeAPI, make_container, make_pod, uid_of
 from tests.test_e2e_prometheus import free_port, get, wait_for
-from tests.workloads import V1_CPU, Cgroup, build_demo, load, need_v1_cpu_cgroup, remove_cgroup, service
+from tests.workloads import V1_CPU, Cgroup, build_demo, load, need_v1_cpu_cgroup, service
 
 
 def kubeconfig(path: Path, server: str) -> Path:

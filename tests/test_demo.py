@@ -8,7 +8,6 @@ no ``node-agent-demo-*`` cgroup, no demo process, also after SIGINT/SIGTERM.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from agent import demo
+from agent import cgroupctl, cli, demo
 from agent.attribution import ProcessProfile
 from agent.errors import CgroupError, NodeAgentError
 from agent.goruntime import Category
@@ -78,40 +77,40 @@ def test_find_cpu_hierarchy_v1_then_v2_then_error(tmp_path: Path) -> None:
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     (v1 / "unified").mkdir()
     (v1 / "unified" / "cgroup.controllers").write_text("cpu memory\n")
-    assert demo.find_cpu_hierarchy(v1) == demo.CpuHierarchy(1, v1 / "cpu")
+    assert cgroupctl.find_cpu_hierarchy(v1) == cgroupctl.CpuHierarchy(1, v1 / "cpu")
 
     v2 = tmp_path / "v2"
     v2.mkdir()
     (v2 / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
-    assert demo.find_cpu_hierarchy(v2) == demo.CpuHierarchy(2, v2)
+    assert cgroupctl.find_cpu_hierarchy(v2) == cgroupctl.CpuHierarchy(2, v2)
 
     hybrid = tmp_path / "hybrid"
     (hybrid / "unified").mkdir(parents=True)
     (hybrid / "unified" / "cgroup.controllers").write_text("cpu\n")
-    assert demo.find_cpu_hierarchy(hybrid) == demo.CpuHierarchy(2, hybrid / "unified")
+    assert cgroupctl.find_cpu_hierarchy(hybrid) == cgroupctl.CpuHierarchy(2, hybrid / "unified")
 
     none = tmp_path / "none"
     (none / "unified").mkdir(parents=True)
     (none / "unified" / "cgroup.controllers").write_text("memory pids\n")  # like this machine's v2 side
     with pytest.raises(CgroupError) as e:
-        demo.find_cpu_hierarchy(none)
+        cgroupctl.find_cpu_hierarchy(none)
     assert "no cgroup cpu controller" in str(e.value)
     assert "cpu.cfs_quota_us" not in e.value.help and "cgroup v2" in e.value.help
     assert e.value.exit_code != 0
 
 
 def test_limit_files() -> None:
-    assert demo.v1_limit_files(1.0) == {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}
-    assert demo.v1_limit_files(None)["cpu.cfs_quota_us"] == "-1"
-    assert demo.v1_limit_files(0.5, 200_000) == {"cpu.cfs_period_us": "200000", "cpu.cfs_quota_us": "100000"}
-    assert demo.v2_limit_files(1.0) == {"cpu.max": "100000 100000"}
-    assert demo.v2_limit_files(None) == {"cpu.max": "max 100000"}
+    assert cgroupctl.v1_limit_files(1.0) == {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}
+    assert cgroupctl.v1_limit_files(None)["cpu.cfs_quota_us"] == "-1"
+    assert cgroupctl.v1_limit_files(0.5, 200_000) == {"cpu.cfs_period_us": "200000", "cpu.cfs_quota_us": "100000"}
+    assert cgroupctl.v2_limit_files(1.0) == {"cpu.max": "100000 100000"}
+    assert cgroupctl.v2_limit_files(None) == {"cpu.max": "max 100000"}
 
 
 def test_cgroup_tree_v2_enables_cpu_and_writes_cpu_max(tmp_path: Path) -> None:
     (tmp_path / "cgroup.controllers").write_text("cpu memory\n")
     (tmp_path / "cgroup.subtree_control").write_text("memory\n")
-    tree = demo.CgroupTree(demo.CpuHierarchy(2, tmp_path), "node-agent-demo-1")
+    tree = cgroupctl.CgroupTree(cgroupctl.CpuHierarchy(2, tmp_path), "node-agent-demo-1")
     tree.create()
     child = tree.child("fixed", 1.0)
     assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu"  # a real cgroupfs merges it
@@ -164,8 +163,7 @@ def test_big_gomaxprocs_must_be_above_the_fix(monkeypatch: pytest.MonkeyPatch, t
 
 
 def test_parser_defaults() -> None:
-    parser = argparse.ArgumentParser()
-    demo.add_demo_parser(parser.add_subparsers())
+    parser = cli.build_parser()
     args = parser.parse_args(["demo"])
     assert (args.duration, args.big_gomaxprocs, args.out, args.json) == (
         30.0,
@@ -173,7 +171,7 @@ def test_parser_defaults() -> None:
         Path("node-agent-demo-profiles"),
         False,
     )
-    assert args.func is demo.cmd_demo
+    assert args.func is cli.cmd_demo
     with pytest.raises(SystemExit):
         parser.parse_args(["demo", "--duration", "0"])
 
@@ -243,10 +241,10 @@ def test_render_side_by_side_with_gain() -> None:
 # --------------------------------------------------------------------------- the real demo
 
 
-def demo_ready() -> demo.CpuHierarchy:
+def demo_ready() -> cgroupctl.CpuHierarchy:
     need_root()
     try:
-        hierarchy = demo.find_cpu_hierarchy()
+        hierarchy = cgroupctl.find_cpu_hierarchy()
     except CgroupError as exc:
         missing(exc.describe())
     need(demo.choose_toolchain(find_toolchains()) is not None, "a Go toolchain (run scripts/setup.sh)")
@@ -257,7 +255,7 @@ def demo_ready() -> demo.CpuHierarchy:
     return hierarchy
 
 
-def leftover_cgroups(hierarchy: demo.CpuHierarchy) -> list[str]:
+def leftover_cgroups(hierarchy: cgroupctl.CpuHierarchy) -> list[str]:
     return sorted(p.name for p in hierarchy.root.glob(demo.CGROUP_PREFIX + "*"))
 
 
@@ -273,7 +271,7 @@ def processes_running(exe: Path) -> list[int]:
     return found
 
 
-def check_result(data: dict[str, Any], out: Path, hierarchy: demo.CpuHierarchy) -> None:
+def check_result(data: dict[str, Any], out: Path, hierarchy: cgroupctl.CpuHierarchy) -> None:
     bad, good = data["copies"]
     fixed = demo.fixed_gomaxprocs()
     print(
@@ -324,8 +322,7 @@ def check_result(data: dict[str, Any], out: Path, hierarchy: demo.CpuHierarchy) 
 @pytest.mark.slow
 def test_demo_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     hierarchy = demo_ready()
-    parser = argparse.ArgumentParser()
-    demo.add_demo_parser(parser.add_subparsers())
+    parser = cli.build_parser()
     out = tmp_path / "profiles"
     args = parser.parse_args(["demo", "--duration", str(DEMO_SECONDS), "--json", "--out", str(out)])
     try:
@@ -361,8 +358,8 @@ def _wait_for_load(proc: subprocess.Popen[str], tree: Path, timeout_s: float) ->
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"the demo exited early with {proc.returncode}: {proc.communicate()[1]}")
-        pids = [int(p) for child in ("misconfigured", "fixed", "load") for p in demo._procs(tree / child)]
-        if len(demo._procs(tree / "load")) == 2 and len(pids) == 4:
+        pids = [int(p) for child in ("misconfigured", "fixed", "load") for p in cgroupctl.cgroup_pids(tree / child)]
+        if len(cgroupctl.cgroup_pids(tree / "load")) == 2 and len(pids) == 4:
             return pids
         time.sleep(0.1)
     pytest.fail("the demo did not start its load in time")
@@ -395,7 +392,7 @@ def test_signal_mid_run_cleans_up(tmp_path: Path, sig: signal.Signals, status: i
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        demo.remove_cgroup(tree)  # only does something if the demo failed to (asserted below)
+        cgroupctl.remove_cgroup(tree)  # only does something if the demo failed to (asserted below)
     assert proc.returncode == status, err
     assert took < 10, f"took {took:.1f}s to stop"
     assert not left_behind

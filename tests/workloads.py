@@ -9,43 +9,27 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.gotoolchain import GoToolchain, cache_dir, find_toolchains
+from agent import demo
+from agent.cgroupctl import remove_cgroup, set_limit
+from agent.gotoolchain import GoToolchain, find_toolchains
 from tests.capabilities import missing, need, need_root
 
-DEMO_SRC = Path(__file__).resolve().parents[1] / "agent" / "demo"
 V1_CPU = Path("/sys/fs/cgroup/cpu")
 
 
 def build_demo(toolchain: GoToolchain | None = None) -> Path:
-    """The bundled demo service, built once per toolchain and source version."""
-    from tests.gobuild import go_env, source_hash
-
+    """The bundled demo service, built as `node-agent demo` builds it (cached per toolchain and source)."""
     if toolchain is None:
         older = [t for t in find_toolchains() if t.minor < (1, 25)]
         need(bool(older), "a Go toolchain older than 1.25 (run scripts/setup.sh)")
         toolchain = older[-1]
-    out = cache_dir() / "testbins" / f"demo-{source_hash(DEMO_SRC)}" / toolchain.version_string / "demo"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run(
-            [str(toolchain.go), "build", "-buildvcs=false", "-o", str(tmp), "."],
-            cwd=DEMO_SRC,
-            env=go_env(toolchain),
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-        os.replace(tmp, out)
-    return out
+    return demo.build_demo(toolchain)[0]
 
 
 def need_v1_cpu_cgroup() -> None:
@@ -62,9 +46,7 @@ class Cgroup:
         return "/" + str(self.path.relative_to(V1_CPU))
 
     def set_limit(self, cores: float | None, period_us: int = 100_000) -> None:
-        (self.path / "cpu.cfs_period_us").write_text(str(period_us))
-        quota = -1 if cores is None else int(cores * period_us)
-        (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+        set_limit(self.path, 1, cores, period_us)
 
     def add(self, pid: int) -> None:
         (self.path / "cgroup.procs").write_text(str(pid))
@@ -84,27 +66,6 @@ def v1_cgroup(name: str, cores: float | None) -> Iterator[Cgroup]:
         yield cg
     finally:
         remove_cgroup(path)
-
-
-def remove_cgroup(path: Path) -> None:
-    """Kill what is left inside, then rmdir (retrying while the kernel lets go)."""
-    for _ in range(50):
-        try:
-            pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
-        except OSError:
-            pids = []
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for child in sorted((p for p in path.iterdir() if p.is_dir()), reverse=True):
-            remove_cgroup(child)
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.05)
 
 
 @dataclass

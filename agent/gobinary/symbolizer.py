@@ -81,15 +81,23 @@ class BinaryInfo:
     default_godebug: str
 
 
+# What a parser slip on hostile bytes raises; the guards below turn it into a clean error.
+_SLIPS = (struct.error, IndexError, ValueError, OverflowError, UnicodeError, RecursionError)
+
+
+def _as_corrupt(name: str, exc: BaseException) -> BinaryError:
+    if isinstance(exc, BinaryError):
+        return exc
+    return CorruptBinaryError(f"{name}: malformed Go tables ({exc.__class__.__name__}: {exc})")
+
+
 @contextmanager
 def _corrupt_guard(name: str) -> Iterator[None]:
     """Last line of defence: a parser slip on hostile bytes is still a clean error."""
     try:
         yield
-    except (struct.error, IndexError, ValueError, OverflowError, UnicodeError, RecursionError) as exc:
-        if isinstance(exc, BinaryError):
-            raise
-        raise CorruptBinaryError(f"{name}: malformed Go tables ({exc.__class__.__name__}: {exc})") from None
+    except _SLIPS as exc:
+        raise _as_corrupt(name, exc) from None
 
 
 class GoBinary:
@@ -136,8 +144,10 @@ class GoBinary:
 
     def addr2line(self, pc: int) -> Frame | None:
         """What ``go tool addr2line`` answers for a link-time address."""
-        with _corrupt_guard(self.image.name):
+        try:  # the guard, inlined: a context manager per lookup costs a fifth of the lookup
             return self.table.lookup(pc)
+        except _SLIPS as exc:
+            raise _as_corrupt(self.image.name, exc) from None
 
     def frames(self, pc: int) -> tuple[Frame, ...]:
         """Inline-expanded frames at a link-time PC, innermost first (cached)."""
