@@ -19,6 +19,7 @@ from agent.gobinary.symbolizer import GoBinary
 from agent.goruntime import CATEGORIES, Category, classify
 
 UNKNOWN_FRAME = Frame("[unknown]", "", 0)
+_ADDRESS_MASK = (1 << 64) - 1
 
 
 @dataclass
@@ -66,7 +67,9 @@ def attribute(binary: GoBinary, bias: int, stacks: Iterable[tuple[tuple[int, ...
     prof = ProcessProfile()
     locations = prof.locations
     for pcs, count in stacks:
-        key = tuple(pc - bias - (1 if depth else 0) for depth, pc in enumerate(pcs))
+        # Frame-pointer walks through code without frame pointers yield any value at all; kept
+        # modulo 2**64 so every key is a valid address (pprof's are uint64) and simply unsymbolized.
+        key = tuple((pc - bias - (1 if depth else 0)) & _ADDRESS_MASK for depth, pc in enumerate(pcs))
         names: list[str] = []
         missing = 0
         for link in key:

@@ -34,7 +34,7 @@ from agent.httpserver import AgentHTTPServer, Health, ProfileKey, ProfileStore
 from agent.metrics import AgentMetrics, labels_of
 from agent.model import GoProcessReport, ScanResult
 from agent.pipeline import KubeSource, Pipeline
-from agent.pprof import build_profile
+from agent.pprof import ProfilePart, build_profile
 from agent.procfs import ProcFS
 from agent.sampler import Sampler
 from agent.scan import ScanConfig, sampler_config
@@ -158,16 +158,16 @@ class Daemon:
         try:
             result = self.pipeline.run(drain, frequency_hz=self.cfg.frequency_hz, duration_s=drain.interval_seconds)
             self.pipeline.begin_window()
+            for kind, n in self.pipeline.stats.errors.items():
+                self.metrics.count_error(kind, n)
+            self.pipeline.stats.errors.clear()
+            self.metrics.update(result.go)
+            self.metrics.record_cycle(time.monotonic() - t0, drain.busy_samples, drain.lost)
         except Exception:  # a bug in one cycle must not end the daemon; it is logged and counted
             log.exception("cycle failed")
             self.metrics.count_error("cycle_failed")
             self.health.beat()
             return
-        for kind, n in self.pipeline.stats.errors.items():
-            self.metrics.count_error(kind, n)
-        self.pipeline.stats.errors.clear()
-        self.metrics.update(result.go)
-        self.metrics.record_cycle(time.monotonic() - t0, drain.busy_samples, drain.lost)
         self._publish_profiles(result)
         self.health.beat()
         self.cycles += 1
@@ -181,18 +181,26 @@ class Daemon:
             groups.setdefault(labels_of(row), []).append(row)
         published: dict[ProfileKey, bytes] = {}
         for key, rows in groups.items():
-            prof = ProcessProfile()
+            # Processes of one build share addresses and symbols: merged. Other builds get parts of their own.
+            by_build: dict[str, ProfilePart] = {}
             for row in rows:
-                prof.add(row.profile)
-            if not prof.samples:
+                if not row.profile.samples:
+                    continue
+                build = row.build_id or row.exe
+                if build not in by_build:
+                    by_build[build] = ProfilePart(ProcessProfile(), row.exe, row.build_id)
+                by_build[build].profile.add(row.profile)
+            if not by_build:
                 continue
-            msg = build_profile(
-                prof,
-                period_ns=period,
-                duration_ns=round(result.duration_s * 1e9),
-                binary_path=rows[0].exe,
-                build_id=rows[0].build_id,
-                labels={"namespace": key[0], "pod": key[1], "container": key[2], "node": self.cfg.node_name},
-            )
-            published[key] = gzip.compress(msg.SerializeToString(), mtime=0)
+            try:
+                msg = build_profile(
+                    sorted(by_build.values(), key=lambda part: -part.profile.samples),
+                    period_ns=period,
+                    duration_ns=round(result.duration_s * 1e9),
+                    labels={"namespace": key[0], "pod": key[1], "container": key[2], "node": self.cfg.node_name},
+                )
+                published[key] = gzip.compress(msg.SerializeToString(), mtime=0)
+            except Exception:  # one container's profile, not the cycle: logged and counted
+                log.exception("profile of %s/%s/%s failed", *key)
+                self.metrics.count_error("profile_failed")
         self.profiles.replace(published)

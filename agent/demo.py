@@ -635,7 +635,7 @@ def _run(
 
 def write_profiles(result: DemoResult, out_dir: Path) -> list[Path]:
     """One gzipped pprof profile per copy, named after it (a rerun overwrites them)."""
-    from agent.pprof import build_profile, write_profile  # noqa: PLC0415
+    from agent.pprof import ProfilePart, build_profile, write_profile  # noqa: PLC0415
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -646,11 +646,9 @@ def write_profiles(result: DemoResult, out_dir: Path) -> list[Path]:
     for c in result.copies:
         r = c.report
         prof = build_profile(
-            r.profile,
+            [ProfilePart(r.profile, r.exe, r.build_id)],
             period_ns=period_ns,
             duration_ns=round(result.window_s * 1e9),
-            binary_path=r.exe,
-            build_id=r.build_id,
             labels={"copy": c.name, "gomaxprocs": str(c.gomaxprocs_set), "cgroup": c.cgroup, "pid": str(c.pid)},
         )
         path = out_dir / f"{c.name}-gomaxprocs-{c.gomaxprocs_set}.pb.gz"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import gzip
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -119,17 +120,28 @@ class _Strings:
         return i
 
 
+@dataclass(frozen=True)
+class ProfilePart:
+    """The samples of one binary: a profile may hold several (a container running two programs)."""
+
+    profile: ProcessProfile
+    binary_path: str = ""
+    build_id: str = ""
+
+
 def build_profile(
-    prof: ProcessProfile,
+    parts: Sequence[ProfilePart],
     *,
     period_ns: int,
     duration_ns: int,
-    binary_path: str = "",
-    build_id: str = "",
     labels: Mapping[str, str] | None = None,
     time_ns: int | None = None,
 ) -> Any:
-    """A Profile message: samples/count and cpu/nanoseconds, like Go's CPU profiles."""
+    """A Profile message: samples/count and cpu/nanoseconds, like Go's CPU profiles.
+
+    Each part is its own Mapping, and its Locations are keyed by (mapping, address):
+    link-time addresses of two binaries overlap, so they must not share a Location.
+    """
     strings = _Strings()
     p = _CLASSES["Profile"]()
     p.sample_type.add(type=strings("samples"), unit=strings("count"))
@@ -139,19 +151,8 @@ def build_profile(
     p.period = period_ns
     p.duration_nanos = duration_ns
     p.time_nanos = time_ns if time_ns is not None else time.time_ns()
-    p.mapping.add(
-        id=1,
-        memory_start=0,
-        memory_limit=0xFFFFFFFFFFFFFFFF,
-        filename=strings(binary_path),
-        build_id=strings(build_id),
-        has_functions=True,
-        has_filenames=True,
-        has_line_numbers=True,
-        has_inline_frames=True,
-    )
     functions: dict[tuple[str, str], int] = {}
-    location_ids: dict[int, int] = {}
+    location_ids: dict[tuple[int, int], int] = {}
 
     def function_id(frame: Frame) -> int:
         key = (frame.function, frame.file)
@@ -164,21 +165,35 @@ def build_profile(
             )
         return fid
 
-    def location_id(pc: int) -> int:
-        lid = location_ids.get(pc)
+    def location_id(mapping: int, prof: ProcessProfile, pc: int) -> int:
+        lid = location_ids.get((mapping, pc))
         if lid is None:
             lid = len(location_ids) + 1
-            location_ids[pc] = lid
-            loc = p.location.add(id=lid, mapping_id=1, address=pc)
+            location_ids[(mapping, pc)] = lid
+            loc = p.location.add(id=lid, mapping_id=mapping, address=pc)
             for frame in prof.locations.get(pc) or (Frame("[unknown]", "", 0),):
                 loc.line.add(function_id=function_id(frame), line=max(frame.line, 0))
         return lid
 
     label_pairs = [(strings(k), strings(v)) for k, v in (labels or {}).items() if v]
-    for stack, count in sorted(prof.stacks.items(), key=lambda kv: -kv[1]):
-        sample = p.sample.add(location_id=[location_id(pc) for pc in stack], value=[count, count * period_ns])
-        for k, v in label_pairs:
-            sample.label.add(key=k, str=v)
+    for mapping, part in enumerate(parts, 1):
+        p.mapping.add(
+            id=mapping,
+            memory_start=0,
+            memory_limit=0xFFFFFFFFFFFFFFFF,
+            filename=strings(part.binary_path),
+            build_id=strings(part.build_id),
+            has_functions=True,
+            has_filenames=True,
+            has_line_numbers=True,
+            has_inline_frames=True,
+        )
+        prof = part.profile
+        for stack, count in sorted(prof.stacks.items(), key=lambda kv: -kv[1]):
+            ids = [location_id(mapping, prof, pc) for pc in stack]
+            sample = p.sample.add(location_id=ids, value=[count, count * period_ns])
+            for k, v in label_pairs:
+                sample.label.add(key=k, str=v)
     p.string_table.extend(strings.table)
     return p
 

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from agent.goruntime import Category
 from agent.model import GoProcessReport, ScanResult
-from agent.pprof import build_profile, write_profile
+from agent.pprof import ProfilePart, build_profile, write_profile
 from agent.verdict import MISCONFIGURED, Verdict
 
 _VERDICT_STYLE = {
@@ -130,11 +130,9 @@ def write_pprof(result: ScanResult, directory: Path) -> list[Path]:
             "pid": str(r.pid),
         }
         prof = build_profile(
-            r.profile,
+            [ProfilePart(r.profile, r.exe, r.build_id)],
             period_ns=period_ns,
             duration_ns=round(result.duration_s * 1e9),
-            binary_path=r.exe,
-            build_id=r.build_id,
             labels=labels,
         )
         path = directory / f"{_safe(r.workload)}-{r.pid}.pb.gz"
