@@ -373,7 +373,7 @@ def test_agent_container_wiring() -> None:
     assert c["ports"] == [{"name": "metrics", "containerPort": 9464, "protocol": "TCP"}]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
-    assert c["resources"] == {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+    assert c["resources"] == {"requests": {"cpu": "50m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
     assert "PLACEHOLDER" in DAEMONSET.read_text()
 
 

@@ -9,6 +9,8 @@ its scheduler and GC shares must agree with perf's within 5 points.
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +18,12 @@ from pathlib import Path
 import pytest
 
 from agent.goruntime import Category
+from agent.gotoolchain import find_toolchain
 from tests import perfstacks
 from tests.capabilities import need, need_root
 from tests.workloads import build_demo, load, perf_available, service, v1_cgroup
 
+SCAN = [sys.executable, "-m", "agent", "scan"]
 SCAN_SECONDS = 12
 TOLERANCE = 0.05
 
@@ -40,9 +44,10 @@ def test_scan_flags_gomaxprocs_64_in_a_1_cpu_cgroup(tmp_path: Path) -> None:
         load(demo, s1.url, SCAN_SECONDS + 8) as l1,
     ):
         # perf covers the scan's whole run; its samples are cut to the scan's own window below.
+        outputs = ["--pprof", str(tmp_path / "pprof"), "--folded", str(tmp_path / "folded.txt")]
         perf = perfstacks.record([s64.pid, s1.pid], SCAN_SECONDS + 5, tmp_path / "perf.data")
         scan = subprocess.run(
-            [sys.executable, "-m", "agent", "scan", "--duration", str(SCAN_SECONDS), "--json"],
+            [*SCAN, "--duration", str(SCAN_SECONDS), "--json", *outputs],
             capture_output=True,
             text=True,
             timeout=SCAN_SECONDS + 120,
@@ -81,3 +86,24 @@ def test_scan_flags_gomaxprocs_64_in_a_1_cpu_cgroup(tmp_path: Path) -> None:
             assert abs(ours - theirs[cat]) <= TOLERANCE, (
                 f"pid {pid} {cat}: node-agent {ours:.3f} vs perf {theirs[cat]:.3f} (rps {rps})"
             )
+
+    # The same scan's profiles, as `go tool pprof` reads them: one per process, totals = samples.
+    go = find_toolchain()
+    assert go is not None
+    for r in (r64, r1):
+        (path,) = (tmp_path / "pprof").glob(f"*-{r['pid']}.pb.gz")
+        top = subprocess.run(
+            [str(go.go), "tool", "pprof", "-top", "-sample_index=samples", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, "GOTOOLCHAIN": "local", "PPROF_TMPDIR": str(tmp_path)},
+        )
+        assert top.returncode == 0, top.stderr
+        total = re.search(r"of (\d+) total", top.stdout)
+        assert total is not None and int(total[1]) == r["samples"], top.stdout[:2000]
+        assert "main.handle" in top.stdout, top.stdout[:2000]
+    folded = (tmp_path / "folded.txt").read_text().splitlines()
+    assert any("main.handle" in line for line in folded)
+    assert all(line.rsplit(" ", 1)[1].isdigit() for line in folded)

@@ -8,6 +8,7 @@ cache: hot PCs repeat every sampling interval.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import threading
@@ -59,6 +60,13 @@ class BoundedCache(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._items)
 
+    def values(self) -> list[V]:
+        return list(self._items.values())
+
+    def pop_oldest(self) -> tuple[K, V]:
+        self.evictions += 1
+        return self._items.popitem(last=False)
+
     def __contains__(self, key: object) -> bool:
         return key in self._items
 
@@ -100,14 +108,32 @@ def _corrupt_guard(name: str) -> Iterator[None]:
         raise _as_corrupt(name, exc) from None
 
 
+class FrameCache(BoundedCache[tuple[int, int], tuple[Frame, ...]]):
+    """PC -> inline-expanded frames, bounded, shared by every binary of a :class:`BinaryCache`.
+
+    One budget for the node rather than one per binary: a cached PC costs about
+    340 bytes, so 64 binaries with a private 65,536-entry cache each could grow
+    to 1.4 GB, while a shared LRU keeps what is hot across all of them. Keys are
+    (binary serial, PC); a serial is never reused, so a key cannot go stale.
+    Like the pipeline that fills it, it is used from one thread.
+    """
+
+    def __init__(self, capacity: int = 65536) -> None:
+        super().__init__(capacity)
+        self._serials = itertools.count(1)
+
+    def serial(self) -> int:
+        return next(self._serials)
+
+
 class GoBinary:
     """One parsed Go executable: build info, pclntab, identity."""
 
-    def __init__(self, image: ElfImage, *, pc_cache_size: int = 65536) -> None:
+    def __init__(self, image: ElfImage, *, frames: FrameCache | None = None) -> None:
         with _corrupt_guard(image.name):
-            self._init(image, pc_cache_size)
+            self._init(image, frames if frames is not None else FrameCache())  # an empty cache is falsy
 
-    def _init(self, image: ElfImage, pc_cache_size: int) -> None:
+    def _init(self, image: ElfImage, frames: FrameCache) -> None:
         self.image = image
         try:
             self.buildinfo: BuildInfo | None = read_buildinfo(image)
@@ -124,8 +150,8 @@ class GoBinary:
         )
         self.go_build_id = image.go_build_id()
         self.gnu_build_id = image.gnu_build_id()
-        self._frames: BoundedCache[int, tuple[Frame, ...]] = BoundedCache(pc_cache_size)
-        self._lock = threading.Lock()
+        self._frames = frames
+        self._serial = frames.serial()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> GoBinary:
@@ -151,12 +177,13 @@ class GoBinary:
 
     def frames(self, pc: int) -> tuple[Frame, ...]:
         """Inline-expanded frames at a link-time PC, innermost first (cached)."""
-        cached = self._frames.get(pc)
+        key = (self._serial, pc)
+        cached = self._frames.get(key)
         if cached is not None:
             return cached
-        with self._lock, _corrupt_guard(self.image.name):
+        with _corrupt_guard(self.image.name):
             result = tuple(self.table.frames(pc))
-            self._frames.put(pc, result)
+        self._frames.put(key, result)
         return result
 
     def load_bias(self, exe_mappings: Iterable[tuple[int, int]]) -> int | None:
@@ -191,15 +218,33 @@ class GoBinary:
         )
 
 
+def binary_weight(binary: GoBinary) -> int:
+    """Bytes a parsed binary keeps on the heap: its pclntab copy plus the function index."""
+    return len(binary.tables.pclntab) + 48 * binary.table.nfunc
+
+
 class BinaryCache:
     """Parsed binaries by build identity, bounded; shared by every process.
 
     ``open`` takes a file identity (e.g. (dev, inode, mtime) of /proc/PID/exe)
     so the expensive parse happens once per build, and remembers failures so
     a broken binary costs one attempt, not one per sample.
+
+    Bounded twice: at most ``capacity`` binaries and, least recently used first,
+    at most ``max_bytes`` of their tables (a parsed binary holds its pclntab,
+    13 MiB for Prometheus); the newest binary is always kept.
     """
 
-    def __init__(self, capacity: int = 64, failure_capacity: int = 1024) -> None:
+    def __init__(
+        self,
+        capacity: int = 64,
+        failure_capacity: int = 1024,
+        pc_capacity: int = 65536,
+        max_bytes: int = 128 << 20,
+    ) -> None:
+        self.frames = FrameCache(pc_capacity)
+        self.max_bytes = max_bytes
+        self.weight = 0
         self._by_build: BoundedCache[str, GoBinary] = BoundedCache(capacity)
         self._by_file: BoundedCache[tuple[object, ...], str] = BoundedCache(capacity * 16)
         self._failures: BoundedCache[tuple[object, ...], BinaryError] = BoundedCache(failure_capacity)
@@ -217,7 +262,7 @@ class BinaryCache:
                 if binary is not None:
                     return binary
         try:
-            binary = GoBinary(opener())
+            binary = GoBinary(opener(), frames=self.frames)
         except BinaryError as exc:
             with self._lock:
                 self._failures.put(file_key, exc)
@@ -228,8 +273,16 @@ class BinaryCache:
                 binary = existing
             else:
                 self._by_build.put(binary.identity, binary)
+                self._reweigh()
             self._by_file.put(file_key, binary.identity)
         return binary
+
+    def _reweigh(self) -> None:
+        """Evict least recently used binaries while over ``max_bytes`` (never the newest)."""
+        self.weight = sum(binary_weight(b) for b in self._by_build.values())
+        while self.weight > self.max_bytes and len(self._by_build) > 1:
+            _, evicted = self._by_build.pop_oldest()
+            self.weight -= binary_weight(evicted)
 
     def open_path(self, path: str | os.PathLike[str]) -> GoBinary:
         p = Path(path)

@@ -1,0 +1,93 @@
+"""The daemon's memory bounds: parsed binaries by weight and count, one shared PC cache.
+
+On real binaries (Debian's prometheus and promtool: two builds whose link-time
+addresses overlap), so a cache keyed wrongly would answer with the other
+binary's function.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from agent.errors import BinaryError
+from agent.gobinary.elf import open_image
+from agent.gobinary.symbolizer import BinaryCache, GoBinary, binary_weight
+from tests.capabilities import need
+
+PROMETHEUS, PROMTOOL = Path("/usr/bin/prometheus"), Path("/usr/bin/promtool")
+
+
+@pytest.fixture(scope="module")
+def fresh() -> tuple[GoBinary, GoBinary]:
+    need(PROMETHEUS.is_file() and PROMTOOL.is_file(), "Debian's prometheus package (scripts/setup.sh)")
+    return GoBinary.open(PROMETHEUS), GoBinary.open(PROMTOOL)
+
+
+def common_pcs(a: GoBinary, b: GoBinary, n: int) -> list[int]:
+    """PCs inside functions of both binaries: the same number means different code in each."""
+    lo = max(a.table.entries[0], b.table.entries[0])
+    hi = min(a.table.entries[-1], b.table.entries[-1])
+    rnd = random.Random(7)
+    return [rnd.randrange(lo, hi) for _ in range(n)]
+
+
+def test_shared_frame_cache_keeps_binaries_apart_and_bounded(fresh: tuple[GoBinary, GoBinary]) -> None:
+    prom_ref, tool_ref = fresh
+    cache = BinaryCache(pc_capacity=50)
+    prom, tool = cache.open_path(PROMETHEUS), cache.open_path(PROMTOOL)
+    pcs = common_pcs(prom, tool, 200)
+    differs = 0
+    for pc in pcs:
+        got_p, got_t = prom.frames(pc), tool.frames(pc)
+        assert got_p == tuple(prom_ref.table.frames(pc))
+        assert got_t == tuple(tool_ref.table.frames(pc))
+        assert (prom.frames(pc), tool.frames(pc)) == (got_p, got_t)  # now from the cache
+        differs += got_p != got_t
+        assert len(cache.frames) <= 50
+    assert differs > 100
+    assert cache.frames.evictions == 2 * len(pcs) - 50 and cache.frames.hits == 2 * len(pcs)
+
+
+def test_binaries_are_evicted_by_weight_newest_kept(fresh: tuple[GoBinary, GoBinary]) -> None:
+    prom_ref, tool_ref = fresh
+    cache = BinaryCache(max_bytes=binary_weight(prom_ref) + binary_weight(tool_ref) - 1)
+    first = cache.open_path(PROMETHEUS)
+    assert cache.weight == binary_weight(first) and len(cache) == 1
+    cache.open_path(PROMTOOL)
+    assert len(cache) == 1 and cache.weight == binary_weight(tool_ref) <= cache.max_bytes
+    again = cache.open_path(PROMETHEUS)  # parsed anew, and right
+    assert again is not first and len(cache) == 1
+    pc = prom_ref.table.entries[100]
+    assert again.frames(pc) == tuple(prom_ref.table.frames(pc))
+
+    tiny = BinaryCache(max_bytes=1)  # a binary over the budget on its own still works
+    assert tiny.open_path(PROMETHEUS).table.nfunc == prom_ref.table.nfunc and len(tiny) == 1
+
+
+def test_binaries_are_evicted_by_count(fresh: tuple[GoBinary, GoBinary]) -> None:
+    cache = BinaryCache(capacity=1)
+    cache.open_path(PROMETHEUS)
+    cache.open_path(PROMTOOL)
+    assert len(cache) == 1
+
+
+def test_a_broken_binary_costs_one_attempt(tmp_path: Path) -> None:
+    bad = tmp_path / "not-go"
+    bad.write_bytes(b"\x7fELF" + b"\0" * 60)
+    calls = []
+
+    def opener() -> object:
+        calls.append(1)
+        return open_image(bad)
+
+    cache = BinaryCache()
+    key = ("dev", "ino", 1, 64)
+    errors = []
+    for _ in range(3):
+        with pytest.raises(BinaryError) as exc:
+            cache.get(key, opener)  # type: ignore[arg-type]
+        errors.append(exc.value)
+    assert len(calls) <= 1 and errors[0] is errors[1] is errors[2]
