@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -171,7 +172,17 @@ class Daemon:
         self._publish_profiles(result)
         self.health.beat()
         self.cycles += 1
-        log.debug("cycle %d: %d Go processes, %.3fs", self.cycles, len(result.go), time.monotonic() - started)
+        cache = self.pipeline.binaries
+        log.debug(
+            "cycle %d: %d Go processes, %.3fs; %d binaries (%.1f MiB of tables), %d cached PCs, %d Python blocks",
+            self.cycles,
+            len(result.go),
+            time.monotonic() - started,
+            len(cache),
+            cache.weight / 2**20,
+            len(cache.frames),
+            sys.getallocatedblocks(),
+        )
 
     def _publish_profiles(self, result: ScanResult) -> None:
         """The window's profile per container (its processes merged), for /profiles."""

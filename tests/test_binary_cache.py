@@ -7,7 +7,10 @@ binary's function.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import random
+import weakref
 from pathlib import Path
 
 import pytest
@@ -90,4 +93,25 @@ def test_a_broken_binary_costs_one_attempt(tmp_path: Path) -> None:
         with pytest.raises(BinaryError) as exc:
             cache.get(key, opener)  # type: ignore[arg-type]
         errors.append(exc.value)
-    assert len(calls) <= 1 and errors[0] is errors[1] is errors[2]
+    assert len(calls) == 1
+    assert {(type(e), str(e), e.help) for e in errors} == {(type(errors[0]), str(errors[0]), errors[0].help)}
+
+
+def test_a_remembered_failure_pins_no_frames(tmp_path: Path) -> None:
+    """The daemon's leak this guards against: a stored exception's traceback kept each cycle's data alive."""
+    bad = tmp_path / "not-go"
+    bad.write_bytes(b"\x7fELF" + b"\0" * 60)
+    cache = BinaryCache()
+
+    class Payload:
+        pass
+
+    def cycle() -> weakref.ref[Payload]:
+        payload = Payload()  # a local of the failing call's frame, like a cycle's samples
+        with contextlib.suppress(BinaryError):
+            cache.get(("k",), lambda: open_image(bad))
+        return weakref.ref(payload)
+
+    refs = [cycle() for _ in range(3)]
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]

@@ -218,6 +218,15 @@ class GoBinary:
         )
 
 
+def _detached(exc: BinaryError) -> BinaryError:
+    """A copy with no traceback and no context.
+
+    A remembered exception keeps its traceback, whose frames keep their locals:
+    one per broken binary would pin a whole cycle's samples and reports each.
+    """
+    return type(exc)(str(exc), help=exc.help)
+
+
 def binary_weight(binary: GoBinary) -> int:
     """Bytes a parsed binary keeps on the heap: its pclntab copy plus the function index."""
     return len(binary.tables.pclntab) + 48 * binary.table.nfunc
@@ -255,7 +264,7 @@ class BinaryCache:
         with self._lock:
             failure = self._failures.get(file_key)
             if failure is not None:
-                raise failure
+                raise _detached(failure)
             build = self._by_file.get(file_key)
             if build is not None:
                 binary = self._by_build.get(build)
@@ -265,7 +274,7 @@ class BinaryCache:
             binary = GoBinary(opener(), frames=self.frames)
         except BinaryError as exc:
             with self._lock:
-                self._failures.put(file_key, exc)
+                self._failures.put(file_key, _detached(exc))
             raise
         with self._lock:
             existing = self._by_build.get(binary.identity)
