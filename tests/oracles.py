@@ -9,13 +9,15 @@ Two oracles that share no code with agent/gobinary:
   linker writes, normalised to what a pclntab-based symbolizer prints: the
   whole inline chain, innermost first.
 
-and ``sample_pcs`` to choose the PCs to ask about.
+and ``sample_pcs`` to choose the PCs to ask about; ``go_pprof_top`` reads
+profiles back the way a Go engineer would.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import os
 import random
 import re
 import shutil
@@ -388,3 +390,17 @@ def sample_pcs(binary_unstripped: Path, count: int, seed: int) -> list[int]:
         if len(chosen) == before and passes > 64:
             break  # every byte of every function is already chosen
     return sorted(chosen)
+
+
+def go_pprof_top(go_tool: GoToolchain, profile: Path, *args: str) -> str:
+    """``go tool pprof -top`` of a profile file (its stdout); fails the test on a non-zero exit."""
+    top = subprocess.run(
+        [str(go_tool.go), "tool", "pprof", "-top", *args, str(profile)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "GOTOOLCHAIN": "local", "PPROF_TMPDIR": str(profile.parent)},
+    )
+    assert top.returncode == 0, top.stderr
+    return top.stdout

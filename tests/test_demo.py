@@ -28,6 +28,7 @@ from agent.gotoolchain import GoToolchain, find_toolchain, find_toolchains
 from agent.model import GoProcessReport
 from agent.verdict import Verdict
 from tests.capabilities import missing, need, need_root
+from tests.oracles import go_pprof_top
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "agent", "demo"]
@@ -301,17 +302,9 @@ def check_result(data: dict[str, Any], out: Path, hierarchy: cgroupctl.CpuHierar
     for c in (bad, good):
         path = Path(c["pprof"])
         assert path.parent == out and path.is_file()
-        top = subprocess.run(
-            [str(go.go), "tool", "pprof", "-top", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            env={**os.environ, "GOTOOLCHAIN": "local", "PPROF_TMPDIR": str(out)},
-        )
-        assert top.returncode == 0, top.stderr
-        assert "main.handle" in top.stdout, top.stdout[:2000]
-        assert "Total samples" in top.stdout, top.stdout[:2000]
+        top = go_pprof_top(go, path)
+        assert "main.handle" in top, top[:2000]
+        assert "Total samples" in top, top[:2000]
 
     assert leftover_cgroups(hierarchy) == []
     assert processes_running(Path(data["binary"])) == []

@@ -9,7 +9,6 @@ value, below the load bias too) must become unsymbolized frames, never an error.
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from agent.gobinary.symbolizer import GoBinary
 from agent.gotoolchain import find_toolchain
 from agent.pprof import ProfilePart, build_profile, parse_profile, write_profile
 from tests.capabilities import need
+from tests.oracles import go_pprof_top
 
 PROMETHEUS, PROMTOOL = Path("/usr/bin/prometheus"), Path("/usr/bin/promtool")
 PERIOD_NS = 10_309_278  # 97 Hz
@@ -77,13 +77,7 @@ def test_go_tool_pprof_reads_it_with_exact_totals(tmp_path: Path) -> None:
     parts, flat = two_part_profile()
     path = tmp_path / "two.pb.gz"
     write_profile(str(path), build_profile(parts, period_ns=PERIOD_NS, duration_ns=10**9))
-    out = subprocess.run(
-        [str(tc.go), "tool", "pprof", "-top", "-nodecount=50", "-sample_index=samples", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    out = go_pprof_top(tc, path, "-nodecount=50", "-sample_index=samples")
     assert re.search(r"Total samples = 42\b", out) or "of 42 total" in out, out
     for name, count in flat.items():
         row = re.search(rf"^\s*(\d+)\s+[\d.]+%.*\s{re.escape(name)}$", out, re.MULTILINE)

@@ -9,7 +9,6 @@ its scheduler and GC shares must agree with perf's within 5 points.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from agent.goruntime import Category
 from agent.gotoolchain import find_toolchain
 from tests import perfstacks
 from tests.capabilities import need, need_root
+from tests.oracles import go_pprof_top
 from tests.workloads import build_demo, load, perf_available, service, v1_cgroup
 
 SCAN = [sys.executable, "-m", "agent", "scan"]
@@ -92,18 +92,10 @@ def test_scan_flags_gomaxprocs_64_in_a_1_cpu_cgroup(tmp_path: Path) -> None:
     assert go is not None
     for r in (r64, r1):
         (path,) = (tmp_path / "pprof").glob(f"*-{r['pid']}.pb.gz")
-        top = subprocess.run(
-            [str(go.go), "tool", "pprof", "-top", "-sample_index=samples", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            env={**os.environ, "GOTOOLCHAIN": "local", "PPROF_TMPDIR": str(tmp_path)},
-        )
-        assert top.returncode == 0, top.stderr
-        total = re.search(r"of (\d+) total", top.stdout)
-        assert total is not None and int(total[1]) == r["samples"], top.stdout[:2000]
-        assert "main.handle" in top.stdout, top.stdout[:2000]
+        top = go_pprof_top(go, path, "-sample_index=samples")
+        total = re.search(r"of (\d+) total", top)
+        assert total is not None and int(total[1]) == r["samples"], top[:2000]
+        assert "main.handle" in top, top[:2000]
     folded = (tmp_path / "folded.txt").read_text().splitlines()
     assert any("main.handle" in line for line in folded)
     assert all(line.rsplit(" ", 1)[1].isdigit() for line in folded)

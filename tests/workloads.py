@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agent import demo
 from agent.cgroupctl import remove_cgroup, set_limit
+from agent.demo import Service
 from agent.gotoolchain import GoToolchain, find_toolchains
 from tests.capabilities import missing, need, need_root
 
@@ -68,20 +69,6 @@ def v1_cgroup(name: str, cores: float | None) -> Iterator[Cgroup]:
         remove_cgroup(path)
 
 
-@dataclass
-class Service:
-    proc: subprocess.Popen[bytes]
-    addr: str
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.addr}/work"
-
-
 def _enter_cgroup(cg: Cgroup | None) -> None:
     if cg is not None:
         cg.add(os.getpid())
@@ -107,7 +94,8 @@ def service(binary: Path, cg: Cgroup | None, env: dict[str, str]) -> Iterator[Se
             line = ready.readline().decode().strip()
         if not line:
             raise RuntimeError(f"demo service exited early with {proc.wait(5)}")
-        yield Service(proc, line)
+        gomaxprocs = int(env.get("GOMAXPROCS", "0") or 0)
+        yield Service("test", gomaxprocs, cg.path if cg else Path("/"), proc, line)
     finally:
         proc.kill()
         proc.wait(10)
