@@ -257,8 +257,10 @@ class Pipeline:
         )
         if meta is not None:
             workload = f"{meta.namespace}/{meta.pod}" + (f"/{meta.container}" if meta.container else "")
+        elif cg.name in ("", "/"):
+            workload = info.comm  # the root cgroup names nothing: the program does (as ps would)
         else:
-            workload = cg.name or info.comm
+            workload = cg.name
         return GoProcessReport(
             pid=info.pid,
             start_time=info.start_time,

@@ -21,7 +21,7 @@ from agent.gotoolchain import find_toolchain
 from tests import perfstacks
 from tests.capabilities import need, need_root
 from tests.oracles import go_pprof_top
-from tests.workloads import build_demo, load, perf_available, service, v1_cgroup
+from tests.workloads import V1_CPU, Cgroup, build_demo, load, need_v1_cpu_cgroup, perf_available, service, v1_cgroup
 
 SCAN = [sys.executable, "-m", "agent", "scan"]
 SCAN_SECONDS = 12
@@ -99,3 +99,23 @@ def test_scan_flags_gomaxprocs_64_in_a_1_cpu_cgroup(tmp_path: Path) -> None:
     folded = (tmp_path / "folded.txt").read_text().splitlines()
     assert any("main.handle" in line for line in folded)
     assert all(line.rsplit(" ", 1)[1].isdigit() for line in folded)
+
+
+@pytest.mark.bpf
+@pytest.mark.slow
+def test_scan_names_a_root_cgroup_process_by_its_program() -> None:
+    """Outside containers the cgroup names nothing ("/"): the program's name must stand in."""
+    need_v1_cpu_cgroup()
+    demo = build_demo()
+    root = Cgroup(V1_CPU)  # the service joins the root cpu cgroup, wherever this test runs
+    with service(demo, root, {"GOMAXPROCS": "3"}) as svc, load(demo, svc.url, 6):
+        scan = subprocess.run(
+            [*SCAN, "--duration", "3", "--json"], capture_output=True, text=True, timeout=120, check=False
+        )
+    assert scan.returncode == 0, scan.stderr
+    rows = {r["pid"]: r for r in json.loads(scan.stdout)}
+    assert svc.pid in rows, f"scan missed the service: {sorted(rows)}"
+    row = rows[svc.pid]
+    assert row["cgroup"] == "/"
+    assert row["workload"] == Path(demo).name[:15], row  # comm: the kernel keeps 15 characters
+    assert row["gomaxprocs"] == 3
