@@ -140,11 +140,9 @@ class CgroupTree:
         self.hierarchy = hierarchy
         self.path = hierarchy.root / name
 
-    def create(self, cores: float | None = None) -> None:
-        """Make the tree's root, limited to ``cores`` (None: no limit of its own)."""
+    def create(self) -> None:
+        """Make the tree's root (no limit of its own: each child has one)."""
         make_cgroup(self.path)
-        if cores is not None:
-            set_limit(self.path, self.hierarchy.version, cores)
         if self.hierarchy.version == 2:
             # v2 hands the cpu controller down one level at a time; children of our tree need it here.
             for level in (self.hierarchy.root, self.path):

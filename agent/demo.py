@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import select
@@ -41,7 +40,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from agent.cgroupctl import HELP_CGROUP, CgroupTree, find_cpu_hierarchy, remove_stale
 from agent.errors import NodeAgentError
-from agent.gotoolchain import GoToolchain, build_env, cache_dir, find_toolchains
+from agent.gotoolchain import HELP_GO, GoToolchain, build_program, cache_dir, find_toolchains, source_hash
 from agent.verdict import Verdict, recommended_gomaxprocs
 
 if TYPE_CHECKING:
@@ -61,10 +60,6 @@ _GO_RUNTIME_ENV = ("GOMAXPROCS", "GODEBUG", "GOGC", "GOMEMLIMIT", "GOTRACEBACK")
 _JOIN_CGROUP = 'echo $$ > "$1/cgroup.procs" || exit 125; shift; exec "$@"'
 _JOIN_FAILED = 125
 HELP_ROOT = "run it as root (sudo node-agent demo): it creates cgroups and loads a BPF program"
-HELP_GO = (
-    "install a Go toolchain (Debian/Ubuntu: apt-get install golang-go; or scripts/setup.sh), "
-    "or point NODE_AGENT_GO at a `go` executable"
-)
 
 
 class DemoError(NodeAgentError):
@@ -92,59 +87,11 @@ def choose_toolchain(toolchains: list[GoToolchain]) -> GoToolchain | None:
     return max(pool) if pool else None
 
 
-def source_hash(src: Path) -> str:
-    """Names and bytes of the Go sources: a changed service gets a new build directory."""
-    h = hashlib.sha256()
-    for p in sorted(src.iterdir()):
-        if p.is_file() and (p.suffix == ".go" or p.name in ("go.mod", "go.sum")):
-            h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
-
-
 def build_demo(toolchain: GoToolchain, src: Path = DEMO_SRC, cache: Path | None = None) -> tuple[Path, bool]:
-    """(the service binary, whether it was built now): cached per source hash and toolchain.
-
-    Builds from a private copy of the sources (the installed package may be
-    read-only) into a temporary name that is renamed into place, so a
-    concurrent demo never runs a half-written binary.
-    """
+    """(the service binary, whether it was built now): cached per source hash and toolchain."""
     base = (cache or cache_dir()) / "demo"
     out = base / source_hash(src) / f"demo-{toolchain.version_string}"
-    if out.is_file():
-        return out, False
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".build-", dir=out.parent))
-    except OSError as exc:
-        raise DemoError(f"cannot create the build directory {out.parent}: {exc}", help="set NODE_AGENT_CACHE") from None
-    try:
-        for p in src.iterdir():
-            if p.is_file() and (p.suffix == ".go" or p.name in ("go.mod", "go.sum")):
-                shutil.copyfile(p, work / p.name)
-        tmp = work / "demo"
-        cmd = [str(toolchain.go), "build", "-trimpath", "-buildvcs=false", "-o", str(tmp), "."]
-        try:
-            proc = subprocess.run(
-                cmd,
-                cwd=work,
-                env=build_env(toolchain, base),
-                capture_output=True,
-                text=True,
-                timeout=BUILD_TIMEOUT_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise DemoError(f"building the demo service with {toolchain.go} timed out", help=HELP_GO) from None
-        if proc.returncode != 0:
-            tail = " | ".join((proc.stderr + proc.stdout).strip().splitlines()[-6:])
-            raise DemoError(
-                f"building the demo service with {toolchain.version_string} failed: {tail}",
-                help=f"check the toolchain at {toolchain.goroot}; " + HELP_GO,
-            )
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out, True
+    return out, build_program(toolchain, src, out, cache=base, timeout_s=BUILD_TIMEOUT_S)
 
 
 # --------------------------------------------------------------------------- children

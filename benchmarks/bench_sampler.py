@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import hashlib
 import json
 import os
 import re
@@ -67,7 +66,8 @@ from typing import IO, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.gotoolchain import GoToolchain, build_env, cache_dir, find_toolchain
+from agent.errors import NodeAgentError
+from agent.gotoolchain import GoToolchain, build_program, cache_dir, find_toolchain, source_hash
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -94,37 +94,14 @@ class ToolExited(BenchError):
 # ---- building the workload --------------------------------------------------------------------
 
 
-def _source_key(src: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(src.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(src)).encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def build_workload(tc: GoToolchain) -> Path:
     """The workload binary for this source and toolchain, built once into the cache."""
-    out = cache_dir() / "bench" / f"workload-{_source_key(WORKLOAD_SRC)}-{tc.version_string}"
-    if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    env = build_env(tc, cache_dir() / "bench")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    base = cache_dir() / "bench"
+    out = base / f"workload-{source_hash(WORKLOAD_SRC)}-{tc.version_string}"
     try:
-        proc = subprocess.run(
-            [str(tc.go), "build", "-buildvcs=false", "-o", str(tmp), "."],
-            cwd=WORKLOAD_SRC,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise BenchError(f"building the workload with {tc.version_string} failed:\n{proc.stderr}")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+        build_program(tc, WORKLOAD_SRC, out, cache=base)
+    except NodeAgentError as exc:
+        raise BenchError(exc.describe()) from None
     return out
 
 

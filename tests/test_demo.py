@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from agent import cgroupctl, cli, demo
+from agent import cgroupctl, cli, demo, gotoolchain
 from agent.attribution import ProcessProfile
 from agent.errors import CgroupError, NodeAgentError
 from agent.goruntime import Category
@@ -63,13 +63,13 @@ def test_choose_toolchain_prefers_newest_before_1_25(
 def test_source_hash_follows_the_go_sources(tmp_path: Path) -> None:
     (tmp_path / "main.go").write_text("package main\n")
     (tmp_path / "go.mod").write_text("module x\n\ngo 1.19\n")
-    first = demo.source_hash(tmp_path)
+    first = gotoolchain.source_hash(tmp_path)
     (tmp_path / "README").write_text("not a source")
-    assert demo.source_hash(tmp_path) == first
+    assert gotoolchain.source_hash(tmp_path) == first
     (tmp_path / "main.go").write_text("package main\n// changed\n")
-    assert demo.source_hash(tmp_path) != first
+    assert gotoolchain.source_hash(tmp_path) != first
     assert len(first) == 16
-    assert demo.source_hash(demo.DEMO_SRC) == demo.source_hash(demo.DEMO_SRC)
+    assert gotoolchain.source_hash(demo.DEMO_SRC) == gotoolchain.source_hash(demo.DEMO_SRC)
 
 
 def test_find_cpu_hierarchy_v1_then_v2_then_error(tmp_path: Path) -> None:
