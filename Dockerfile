@@ -47,8 +47,8 @@ RUN pip install --no-cache-dir \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY agent ./agent
-# The BPF program ships inside the package (pyproject's package-data agent/bpf/*.c, a
-# symlink to bpf/profile.bpf.c that the wheel build resolves), where agent/sampler.py
+# The BPF program ships inside the package (pyproject's package-data agent/sampling/bpf/*.c, a
+# symlink to bpf/profile.bpf.c that the wheel build resolves), where agent/sampling/sampler.py
 # looks when there is no checkout around it.
 COPY bpf ./bpf
 # --no-deps: everything was installed, pinned, above. pip writes the bytecode now; at run

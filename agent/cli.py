@@ -136,8 +136,8 @@ def _add_bpf_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from agent.report import render_table, write_folded, write_json, write_pprof
-    from agent.scan import ScanConfig, run_scan
+    from agent.commands.scan import ScanConfig, run_scan
+    from agent.export.report import render_table, write_folded, write_json, write_pprof
 
     cfg = ScanConfig(
         duration_s=args.duration,
@@ -163,7 +163,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from agent.demo import cmd_demo as run
+    from agent.commands.demo import cmd_demo as run
 
     return run(args)
 
@@ -175,8 +175,8 @@ def _env(name: str, default: str) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     import logging
 
-    from agent.daemon import Daemon, DaemonConfig
-    from agent.httpserver import parse_listen
+    from agent.commands.daemon import Daemon, DaemonConfig
+    from agent.export.http import parse_listen
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper(), logging.INFO),

@@ -67,7 +67,7 @@ from typing import IO, Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.errors import NodeAgentError
-from agent.gotoolchain import GoToolchain, build_program, cache_dir, find_toolchain, source_hash
+from agent.lab.gotoolchain import GoToolchain, build_program, cache_dir, find_toolchain, source_hash
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

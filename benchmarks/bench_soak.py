@@ -52,7 +52,7 @@ from types import FrameType
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import cgroupctl
+from agent.lab import cgroupctl
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -338,7 +338,7 @@ class Binary:
 
 
 def build_binaries() -> list[Binary]:
-    from agent.gotoolchain import find_toolchains
+    from agent.lab.gotoolchain import find_toolchains
     from tests.gobuild import build_matrix
     from tests.workloads import build_demo
 

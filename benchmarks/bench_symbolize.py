@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from agent.gobinary.symbolizer import GoBinary
-from agent.gotoolchain import cache_dir, find_toolchain
+from agent.lab.gotoolchain import cache_dir, find_toolchain
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

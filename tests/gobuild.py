@@ -40,7 +40,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.gotoolchain import GoToolchain, build_env, cache_dir, find_toolchains
+from agent.lab.gotoolchain import GoToolchain, build_env, cache_dir, find_toolchains
 
 MODES = ("exe", "pie")
 VARIANTS = ("full", "strip", "sw")

@@ -29,7 +29,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from agent.gotoolchain import GoToolchain, find_toolchains
+from agent.lab.gotoolchain import GoToolchain, find_toolchains
 from tests.gobuild import go_env
 
 TIMEOUT_S = 300

@@ -12,7 +12,7 @@ import subprocess
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from agent.goruntime import Category, classify
+from agent.analysis.goruntime import Category, classify
 
 _HEADER = re.compile(r"^\s*(\d+)\s+(\d+\.\d+):\s*$")
 

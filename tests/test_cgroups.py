@@ -1,4 +1,4 @@
-"""agent.cgroups / agent.cgroupparse: parsers on text, committed fixture trees, a fake clock.
+"""agent.host.cgroups / agent.host.cgroupparse: parsers on text, committed fixture trees, a fake clock.
 
 The fixture trees under tests/fixtures/cgroups copy real hosts file for file
 (names as kubelet, systemd, containerd, CRI-O and Docker create them); the
@@ -15,8 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.cgroupparse import V1_CONTROLLERS
-from agent.cgroups import (
+from agent.errors import CgroupError, NodeAgentError
+from agent.host.cgroupparse import V1_CONTROLLERS
+from agent.host.cgroups import (
     CgroupFS,
     CgroupIdentity,
     CgroupIdResolver,
@@ -40,7 +41,6 @@ from agent.cgroups import (
     read_cpuset_cpus,
     read_throttling,
 )
-from agent.errors import CgroupError, NodeAgentError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cgroups"
 EDGE = FIXTURES / "edge"

@@ -1,4 +1,4 @@
-"""agent.cgroups on this machine's real hierarchies: real quotas, real throttling, real ids.
+"""agent.host.cgroups on this machine's real hierarchies: real quotas, real throttling, real ids.
 
 Each test makes its own cgroups (``node-agent-test-<pid>-<random>``) in the
 hierarchy holding the controller it needs (v1 ``cpu`` here; the unified tree on
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.cgroups import (
+from agent.errors import CgroupError
+from agent.host.cgroups import (
     CgroupFS,
     CgroupIdResolver,
     Hierarchy,
@@ -33,7 +34,6 @@ from agent.cgroups import (
     layout_from_mountinfo,
     parse_proc_cgroup,
 )
-from agent.errors import CgroupError
 from tests.capabilities import missing, need, need_root
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.cgroupctl import remove_cgroup
+from agent.lab.cgroupctl import remove_cgroup
 from tests.capabilities import need_root
 from tests.fakeapi import FakeKubeAPI, make_container, make_pod, uid_of
 from tests.test_e2e_prometheus import free_port, get, wait_for

@@ -20,13 +20,15 @@ from typing import Any
 
 import pytest
 
-from agent import cgroupctl, cli, demo, gotoolchain
-from agent.attribution import ProcessProfile
+from agent import cli
+from agent.analysis.attribution import ProcessProfile
+from agent.analysis.goruntime import Category
+from agent.analysis.model import GoProcessReport
+from agent.analysis.verdict import Verdict
+from agent.commands import demo
 from agent.errors import CgroupError, NodeAgentError
-from agent.goruntime import Category
-from agent.gotoolchain import GoToolchain, find_toolchain, find_toolchains
-from agent.model import GoProcessReport
-from agent.verdict import Verdict
+from agent.lab import cgroupctl, gotoolchain
+from agent.lab.gotoolchain import GoToolchain, find_toolchain, find_toolchains
 from tests.capabilities import missing, need, need_root
 from tests.oracles import go_pprof_top
 
@@ -249,7 +251,7 @@ def demo_ready() -> cgroupctl.CpuHierarchy:
     except CgroupError as exc:
         missing(exc.describe())
     need(demo.choose_toolchain(find_toolchains()) is not None, "a Go toolchain (run scripts/setup.sh)")
-    from agent.sampler import diagnose
+    from agent.sampling.sampler import diagnose
 
     problems = [f.message for f in diagnose() if f.fatal and not f.ok]
     need(not problems, "; ".join(problems))

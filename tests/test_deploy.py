@@ -598,7 +598,7 @@ def test_rules_use_only_contract_metrics() -> None:
 
 
 def test_contract_is_what_the_agent_exports() -> None:
-    from agent.metrics import METRIC_NAMES
+    from agent.export.metrics import METRIC_NAMES
 
     assert set(METRIC_NAMES) >= CONTRACT
 
@@ -696,12 +696,13 @@ def test_docker_build_context_has_what_the_dockerfile_copies() -> None:
     for src in copied:
         assert (ROOT / src).exists(), src
         assert src.rstrip("/") in allowed, f"{src} is excluded by .dockerignore"
-    # The BPF program is packaged where the sampler looks outside a checkout: agent/bpf/ holds a
+    # The BPF program is packaged where the sampler looks outside a checkout: agent/sampling/bpf/ holds a
     # symlink into bpf/, which the wheel build resolves, so bpf/ must be in the context too.
     assert ["bpf", "./bpf"] in copies
-    assert (ROOT / "agent" / "bpf" / "profile.bpf.c").resolve() == (ROOT / "bpf" / "profile.bpf.c").resolve()
+    packaged = ROOT / "agent" / "sampling" / "bpf" / "profile.bpf.c"
+    assert packaged.resolve() == (ROOT / "bpf" / "profile.bpf.c").resolve()
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert "bpf/*.c" in package_data["agent"]
+    assert "bpf/*.c" in package_data["agent.sampling"]
 
 
 # ---- the capability set, for real ------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from agent.gotoolchain import GoToolchain, find_toolchain
+from agent.lab.gotoolchain import GoToolchain, find_toolchain
 from tests.capabilities import need
 from tests.gobuild import MODES, SYMTEST, VARIANTS, GoBinary, build_matrix, build_one, source_hash
 from tests.oracles import (

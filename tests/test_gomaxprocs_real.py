@@ -31,12 +31,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.cgroupsource import HostCgroups
+from agent.analysis.gomaxprocs import Facts, Gomaxprocs, gomaxprocs_address, infer, read_live
 from agent.errors import NodeAgentError, ProcessGoneError
 from agent.gobinary.symbolizer import GoBinary
-from agent.gomaxprocs import Facts, Gomaxprocs, gomaxprocs_address, infer, read_live
-from agent.gotoolchain import GoToolchain, find_toolchains
-from agent.procfs import ProcessInfo, ProcFS
+from agent.host.cgroupsource import HostCgroups
+from agent.host.procfs import ProcessInfo, ProcFS
+from agent.lab.gotoolchain import GoToolchain, find_toolchains
 from tests import gobuild
 from tests.capabilities import need
 from tests.workloads import Cgroup, v1_cgroup

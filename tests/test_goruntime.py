@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.goruntime import Category, classify, package_of, runtime_share, shares
+from agent.analysis.goruntime import Category, classify, package_of, runtime_share, shares
 
 S, G, R, U = Category.SCHEDULER, Category.GC, Category.RUNTIME_OTHER, Category.USER
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import BPFUnavailableError
-from agent.kheaders import (
+from agent.sampling.kheaders import (
     ENV_VAR,
     HELP_NO_HEADERS,
     HeaderListing,

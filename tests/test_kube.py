@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from kubernetes.utils.quantity import parse_quantity as k8s_parse_quantity
 
+from agent.analysis.pipeline import KubeSource
 from agent.kube import (
     Backoff,
     ContainerMeta,
@@ -32,7 +33,6 @@ from agent.kube import (
     parse_quantity,
     workload_of,
 )
-from agent.pipeline import KubeSource
 from tests.fakeapi import FakeKubeAPI, container_id, make_container, make_pod, uid_of
 
 FAST = WatchSettings(
@@ -1104,7 +1104,7 @@ def test_replicaset_get_forbidden_falls_back_to_the_hash(api: FakeKubeAPI, watch
 
 def test_is_the_pipelines_kube_source(api: FakeKubeAPI, watcher: Make) -> None:
     api.create_pod(make_pod("a-0", n=1))
-    source: KubeSource = watcher(api)  # mypy checks the structural contract with agent.pipeline
+    source: KubeSource = watcher(api)  # mypy checks the structural contract with agent.analysis.pipeline
     assert isinstance(source, KubeMetadata) and source.wait_synced(WAIT)
     meta = source.lookup(uid_of(1), cid(100))
     assert meta is not None and (meta.namespace, meta.pod, meta.container) == ("shop", "a-0", "app")

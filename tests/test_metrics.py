@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from agent.goruntime import Category
-from agent.metrics import METRIC_NAMES, AgentMetrics
-from agent.model import GoProcessReport
-from agent.verdict import Verdict
+from agent.analysis.goruntime import Category
+from agent.analysis.model import GoProcessReport
+from agent.analysis.verdict import Verdict
+from agent.export.metrics import METRIC_NAMES, AgentMetrics
 
 SH = {Category.SCHEDULER: 0.25, Category.GC: 0.25, Category.RUNTIME_OTHER: 0.0, Category.USER: 0.5}
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.attribution import attribute
+from agent.analysis.attribution import attribute
+from agent.export.pprof import ProfilePart, build_profile, parse_profile, write_profile
 from agent.gobinary.symbolizer import GoBinary
-from agent.gotoolchain import find_toolchain
-from agent.pprof import ProfilePart, build_profile, parse_profile, write_profile
+from agent.lab.gotoolchain import find_toolchain
 from tests.capabilities import need
 from tests.oracles import go_pprof_top
 

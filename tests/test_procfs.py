@@ -1,4 +1,4 @@
-"""agent.procfs: pure parsers on text, a committed fake /proc tree, and real processes."""
+"""agent.host.procfs: pure parsers on text, a committed fake /proc tree, and real processes."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import procfs
+from agent.analysis.gomaxprocs import read_live
 from agent.errors import NodeAgentError, ProcessGoneError
-from agent.gomaxprocs import read_live
-from agent.procfs import (
+from agent.host import procfs
+from agent.host.procfs import (
     PF_KTHREAD,
     Executable,
     GoEnv,
@@ -650,7 +650,7 @@ def test_real_permission_denied_is_per_field() -> None:
     script = textwrap.dedent(
         """
         import os, sys
-        from agent.procfs import ProcFS
+        from agent.host.procfs import ProcFS
         os.setgid(65534); os.setuid(65534)
         info = ProcFS().snapshot(int(sys.argv[1]))
         print(info.exe is None, info.mappings is None, info.go_env is None, info.cgroup is not None, len(info.errors))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent import cli
-from agent.metrics import METRIC_NAMES
+from agent.export.metrics import METRIC_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()

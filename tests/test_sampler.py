@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from agent.errors import BPFUnavailableError, NodeAgentError
-from agent.kheaders import HeaderSearch
-from agent.sampler import (
+from agent.sampling.kheaders import HeaderSearch
+from agent.sampling.sampler import (
     LOST_REASONS,
     DrainResult,
     Finding,

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.goruntime import Category
-from agent.gotoolchain import find_toolchain
+from agent.analysis.goruntime import Category
+from agent.lab.gotoolchain import find_toolchain
 from tests import perfstacks
 from tests.capabilities import need, need_root
 from tests.oracles import go_pprof_top

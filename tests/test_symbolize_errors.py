@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from agent.errors import BinaryError
 from agent.gobinary.elf import ElfImage, open_image
 from agent.gobinary.symbolizer import GoBinary
-from agent.gotoolchain import find_toolchain
+from agent.lab.gotoolchain import find_toolchain
 from tests import gobuild
 from tests.capabilities import need
 

@@ -16,7 +16,7 @@ import pytest
 
 from agent.gobinary.pclntab import PclnVersion
 from agent.gobinary.symbolizer import GoBinary
-from agent.gotoolchain import cache_dir, find_toolchain
+from agent.lab.gotoolchain import cache_dir, find_toolchain
 from tests.capabilities import need
 from tests.gobuild import go_env
 from tests.oldgo import EXPECTED, missing_old_go_binaries, old_go_binaries, oldgo_dir

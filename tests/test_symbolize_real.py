@@ -17,7 +17,7 @@ import pytest
 
 from agent.gobinary.elf import open_image
 from agent.gobinary.symbolizer import GoBinary as ParsedBinary
-from agent.gotoolchain import GoToolchain, find_toolchains
+from agent.lab.gotoolchain import GoToolchain, find_toolchains
 from tests import gobuild, oracles
 from tests.capabilities import need
 

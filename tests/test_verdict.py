@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from agent.gomaxprocs import Facts, Gomaxprocs, go125_default, godebug_setting, infer, parse_env_gomaxprocs
-from agent.goruntime import Category
-from agent.verdict import Evidence, Verdict, judge, recommended_gomaxprocs
+from agent.analysis.gomaxprocs import Facts, Gomaxprocs, go125_default, godebug_setting, infer, parse_env_gomaxprocs
+from agent.analysis.goruntime import Category
+from agent.analysis.verdict import Evidence, Verdict, judge, recommended_gomaxprocs
 
 SH = {Category.SCHEDULER: 0.13, Category.GC: 0.16, Category.RUNTIME_OTHER: 0.1, Category.USER: 0.61}
 

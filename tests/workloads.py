@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import demo
-from agent.cgroupctl import remove_cgroup, set_limit
-from agent.demo import Service
-from agent.gotoolchain import GoToolchain, find_toolchains
+from agent.commands import demo
+from agent.commands.demo import Service
+from agent.lab.cgroupctl import remove_cgroup, set_limit
+from agent.lab.gotoolchain import GoToolchain, find_toolchains
 from tests.capabilities import missing, need, need_root
 
 V1_CPU = Path("/sys/fs/cgroup/cpu")

@@ -29,9 +29,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from agent import __version__
-from agent.goruntime import CATEGORIES, Category
-from agent.model import GoProcessReport
-from agent.verdict import MISCONFIGURED
+from agent.analysis.goruntime import CATEGORIES, Category
+from agent.analysis.model import GoProcessReport
+from agent.analysis.verdict import MISCONFIGURED
 
 Labels = tuple[str, str, str]  # namespace, pod, container
 SERIES_PER_CONTAINER = 9  # 4 categories, 3 gauges, info, misconfigured

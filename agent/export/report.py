@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from agent.goruntime import Category
-from agent.model import GoProcessReport, ScanResult
-from agent.pprof import ProfilePart, build_profile, write_profile
-from agent.verdict import MISCONFIGURED, Verdict
+from agent.analysis.goruntime import Category
+from agent.analysis.model import GoProcessReport, ScanResult
+from agent.analysis.verdict import MISCONFIGURED, Verdict
+from agent.export.pprof import ProfilePart, build_profile, write_profile
 
 _VERDICT_STYLE = {
     Verdict.ABOVE: "bold red",

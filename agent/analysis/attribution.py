@@ -13,10 +13,10 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from agent.analysis.goruntime import CATEGORIES, Category, classify
 from agent.errors import BinaryError
 from agent.gobinary.pclntab import Frame
 from agent.gobinary.symbolizer import GoBinary
-from agent.goruntime import CATEGORIES, Category, classify
 
 UNKNOWN_FRAME = Frame("[unknown]", "", 0)
 _ADDRESS_MASK = (1 << 64) - 1

@@ -15,12 +15,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from agent.cgroupsource import HostCgroups
-from agent.kheaders import HeaderSearch
-from agent.model import ScanResult
-from agent.pipeline import KubeSource, Pipeline
-from agent.procfs import ProcFS
-from agent.sampler import DrainResult, Sampler, SamplerConfig
+from agent.analysis.model import ScanResult
+from agent.analysis.pipeline import KubeSource, Pipeline
+from agent.host.cgroupsource import HostCgroups
+from agent.host.procfs import ProcFS
+from agent.sampling.kheaders import HeaderSearch
+from agent.sampling.sampler import DrainResult, Sampler, SamplerConfig
 
 DRAIN_EVERY_S = 5.0
 

@@ -1,7 +1,7 @@
 """Which container a process is in, its effective CPU limit, throttling and cgroup id.
 
 Every path is built from a cgroup root given by the caller (``/host/sys/fs/cgroup``
-under ``--host-root /host``); parsing lives in :mod:`agent.cgroupparse`, whose
+under ``--host-root /host``); parsing lives in :mod:`agent.host.cgroupparse`, whose
 names are re-exported here so callers import one module.
 
 Public API::
@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from agent.cgroupparse import (
+from agent.errors import CgroupError
+from agent.host.cgroupparse import (
     QOS_CLASSES,
     V1_CONTROLLERS,
     CgroupIdentity,
@@ -67,7 +68,6 @@ from agent.cgroupparse import (
     parse_mountinfo,
     parse_proc_cgroup,
 )
-from agent.errors import CgroupError
 
 __all__ = [
     "QOS_CLASSES",

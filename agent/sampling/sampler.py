@@ -30,9 +30,9 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any
 
-from agent import cpulist
 from agent.errors import BPFUnavailableError, NodeAgentError
-from agent.kheaders import HELP_NO_HEADERS, HeaderSearch, KernelHeaders, decide
+from agent.host import cpulist
+from agent.sampling.kheaders import HELP_NO_HEADERS, HeaderSearch, KernelHeaders, decide
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,13 @@ HELP_PRIVILEGES = "run the agent as root, or grant CAP_BPF and CAP_PERFMON (CAP_
 
 
 def default_source() -> Path:
-    """bpf/profile.bpf.c in a checkout, else the copy packaged under agent/bpf/."""
+    """bpf/profile.bpf.c in a checkout, else the copy packaged under agent/sampling/bpf/."""
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "bpf" / "profile.bpf.c", here / "bpf" / "profile.bpf.c"):
+    checkout = here.parent.parent / "bpf" / "profile.bpf.c"
+    for candidate in (checkout, here / "bpf" / "profile.bpf.c"):
         if candidate.is_file():
             return candidate
-    return here.parent / "bpf" / "profile.bpf.c"
+    return checkout
 
 
 @dataclass(frozen=True)

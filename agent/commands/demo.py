@@ -1,6 +1,6 @@
 """`node-agent demo`: the problem node-agent finds, shown on one machine in about a minute.
 
-Two copies of the bundled Go service (``agent/demo/``) run side by side, each in
+Two copies of the bundled Go service (``agent/commands/demo/``) run side by side, each in
 its own cgroup limited to 1 CPU: one with the GOMAXPROCS a big host gives it,
 one with node-agent's recommendation. Both get the same closed-loop load from
 loopback while the agent profiles the machine; then one table shows them side
@@ -38,13 +38,13 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
-from agent.cgroupctl import HELP_CGROUP, CgroupTree, find_cpu_hierarchy, remove_stale
+from agent.analysis.verdict import Verdict, recommended_gomaxprocs
 from agent.errors import NodeAgentError
-from agent.gotoolchain import HELP_GO, GoToolchain, build_program, cache_dir, find_toolchains, source_hash
-from agent.verdict import Verdict, recommended_gomaxprocs
+from agent.lab.cgroupctl import HELP_CGROUP, CgroupTree, find_cpu_hierarchy, remove_stale
+from agent.lab.gotoolchain import HELP_GO, GoToolchain, build_program, cache_dir, find_toolchains, source_hash
 
 if TYPE_CHECKING:
-    from agent.model import GoProcessReport, ScanResult
+    from agent.analysis.model import GoProcessReport, ScanResult
 
 DEMO_SRC = Path(__file__).resolve().parent / "demo"
 CGROUP_PREFIX = "node-agent-demo-"
@@ -390,11 +390,11 @@ def _profile(
     The sampler compiles and attaches first so that none of that time eats into
     the load; the window opens after the warm-up and closes before the load ends.
     """
-    from agent.cgroupsource import HostCgroups  # noqa: PLC0415
-    from agent.pipeline import Pipeline  # noqa: PLC0415
-    from agent.procfs import ProcFS  # noqa: PLC0415
-    from agent.sampler import Sampler  # noqa: PLC0415
-    from agent.scan import ScanConfig, collect, sampler_config  # noqa: PLC0415
+    from agent.analysis.pipeline import Pipeline  # noqa: PLC0415
+    from agent.commands.scan import ScanConfig, collect, sampler_config  # noqa: PLC0415
+    from agent.host.cgroupsource import HostCgroups  # noqa: PLC0415
+    from agent.host.procfs import ProcFS  # noqa: PLC0415
+    from agent.sampling.sampler import Sampler  # noqa: PLC0415
 
     pids = {s.pid for s in services}
     pipeline = Pipeline(ProcFS(Path("/proc")), HostCgroups(Path("/")))
@@ -491,8 +491,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = lambda _m: None) -> D
     SIGINT raises KeyboardInterrupt and SIGTERM :class:`Terminated` for the
     whole run, so the cleanup below runs on those paths too.
     """
-    from agent.sampler import diagnose, raise_for  # noqa: PLC0415
-    from agent.scan import ScanConfig, sampler_config  # noqa: PLC0415
+    from agent.commands.scan import ScanConfig, sampler_config  # noqa: PLC0415
+    from agent.sampling.sampler import diagnose, raise_for  # noqa: PLC0415
 
     need_root()
     hierarchy = find_cpu_hierarchy(cfg.cgroup_fs)
@@ -582,7 +582,7 @@ def _run(
 
 def write_profiles(result: DemoResult, out_dir: Path) -> list[Path]:
     """One gzipped pprof profile per copy, named after it (a rerun overwrites them)."""
-    from agent.pprof import ProfilePart, build_profile, write_profile  # noqa: PLC0415
+    from agent.export.pprof import ProfilePart, build_profile, write_profile  # noqa: PLC0415
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -623,7 +623,7 @@ def render(result: DemoResult, out: IO[str], *, width: int | None = None) -> Non
     from rich.table import Table  # noqa: PLC0415
     from rich.text import Text  # noqa: PLC0415
 
-    from agent.goruntime import Category  # noqa: PLC0415
+    from agent.analysis.goruntime import Category  # noqa: PLC0415
 
     style = {Verdict.ABOVE: "bold red", Verdict.BELOW: "bold yellow", Verdict.OK: "green"}
     console = Console(file=out, width=width or 120, highlight=False, soft_wrap=False)

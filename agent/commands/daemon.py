@@ -27,18 +27,18 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
-from agent.attribution import ProcessProfile
-from agent.cgroupsource import HostCgroups
+from agent.analysis.attribution import ProcessProfile
+from agent.analysis.model import GoProcessReport, ScanResult
+from agent.analysis.pipeline import KubeSource, Pipeline
+from agent.commands.scan import ScanConfig, sampler_config
 from agent.errors import BPFUnavailableError, NodeAgentError
+from agent.export.http import AgentHTTPServer, Health, ProfileKey, ProfileStore
+from agent.export.metrics import AgentMetrics, labels_of
+from agent.export.pprof import ProfilePart, build_profile
 from agent.gobinary.symbolizer import BinaryCache
-from agent.httpserver import AgentHTTPServer, Health, ProfileKey, ProfileStore
-from agent.metrics import AgentMetrics, labels_of
-from agent.model import GoProcessReport, ScanResult
-from agent.pipeline import KubeSource, Pipeline
-from agent.pprof import ProfilePart, build_profile
-from agent.procfs import ProcFS
-from agent.sampler import Sampler
-from agent.scan import ScanConfig, sampler_config
+from agent.host.cgroupsource import HostCgroups
+from agent.host.procfs import ProcFS
+from agent.sampling.sampler import Sampler
 
 log = logging.getLogger("node_agent")
 

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-from agent.goruntime import Category
+from agent.analysis.goruntime import Category
 
 
 class Verdict(StrEnum):

@@ -1,4 +1,4 @@
-"""The pipeline's view of cgroups on a live host: agent.cgroups mapped onto CgroupFacts.
+"""The pipeline's view of cgroups on a live host: agent.host.cgroups mapped onto CgroupFacts.
 
 Identity (pod UID, container ID, QoS, readable name) comes from the cgroup
 path; the effective CPU limit is the minimum over the cgroup and its
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.cgroups import CgroupFS, Throttling, read_throttling
-from agent.pipeline import CgroupFacts, Throttle
+from agent.analysis.pipeline import CgroupFacts, Throttle
+from agent.host.cgroups import CgroupFS, Throttling, read_throttling
 
 
 def _throttle(t: Throttling | None) -> Throttle | None:

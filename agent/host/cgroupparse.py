@@ -1,6 +1,6 @@
 """Pure cgroup parsing: text in, plain data out; no file is opened here.
 
-:mod:`agent.cgroups` does the I/O and re-exports everything below. Parsers
+:mod:`agent.host.cgroups` does the I/O and re-exports everything below. Parsers
 raise :class:`~agent.errors.CgroupError` for content the kernel would never
 write (garbage, a zero period) and return ``None`` where "no value" is a real
 state of the kernel (``max`` quota, no bandwidth counters on this cgroup).
@@ -23,8 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import cpulist
 from agent.errors import CgroupError
+from agent.host import cpulist
 
 DEFAULT_PERIOD_US = 100_000  # what the kernel uses when cpu.max holds only a quota
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.attribution import ProcessProfile
-from agent.goruntime import CATEGORIES, Category, runtime_share
-from agent.verdict import Verdict
+from agent.analysis.attribution import ProcessProfile
+from agent.analysis.goruntime import CATEGORIES, Category, runtime_share
+from agent.analysis.verdict import Verdict
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from agent.attribution import ProcessProfile
+from agent.analysis.attribution import ProcessProfile
 from agent.gobinary.pclntab import Frame
 
 _T = descriptor_pb2.FieldDescriptorProto

@@ -32,8 +32,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, TypeVar
 
-from agent import cpulist
 from agent.errors import NodeAgentError, ProcessGoneError
+from agent.host import cpulist
 
 PF_KTHREAD = 0x00200000  # task->flags bit of kernel threads (include/linux/sched.h)
 DELETED_SUFFIX = " (deleted)"
@@ -510,7 +510,7 @@ class ProcFS:
             return parse_go_env(d.read_bytes("environ"))
 
     def read_cgroup(self, pid: int) -> str:
-        """/proc/PID/cgroup as text; agent.cgroups parses it."""
+        """/proc/PID/cgroup as text; agent.host.cgroups parses it."""
         with _PidDir(self.root, pid) as d:
             return d.read_text("cgroup")
 
@@ -560,7 +560,7 @@ class ProcFS:
         return data
 
     def memory_reader(self, key: ProcessKey) -> Callable[[int, int], bytes]:
-        """``read(addr, size)`` bound to one process, as agent.gomaxprocs.read_live wants."""
+        """``read(addr, size)`` bound to one process, as agent.analysis.gomaxprocs.read_live wants."""
 
         def read(addr: int, size: int) -> bytes:
             return self.read_memory(key.pid, addr, size, start_time=key.start_time)

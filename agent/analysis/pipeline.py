@@ -15,15 +15,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.attribution import attribute
+from agent.analysis.attribution import attribute
+from agent.analysis.gomaxprocs import Facts, Gomaxprocs, containermaxprocs_enabled, gomaxprocs_address, infer, read_live
+from agent.analysis.model import GoProcessReport, OtherSummary, ScanResult
+from agent.analysis.verdict import Evidence, judge
 from agent.errors import BinaryError, NodeAgentError, NotGoError, ProcessGoneError
 from agent.gobinary.elf import open_image
 from agent.gobinary.symbolizer import BinaryCache, BoundedCache, GoBinary
-from agent.gomaxprocs import Facts, Gomaxprocs, containermaxprocs_enabled, gomaxprocs_address, infer, read_live
-from agent.model import GoProcessReport, OtherSummary, ScanResult
-from agent.procfs import ProcessInfo, ProcFS
-from agent.sampler import DrainResult
-from agent.verdict import Evidence, judge
+from agent.host.procfs import ProcessInfo, ProcFS
+from agent.sampling.sampler import DrainResult
 
 
 @dataclass(frozen=True)

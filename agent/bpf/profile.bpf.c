@@ -1,1 +1,0 @@
-../../bpf/profile.bpf.c
