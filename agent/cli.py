@@ -199,7 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     kube = None
     if not args.no_kubernetes:
-        from agent.kube import connect
+        from agent.kube.watch import connect
 
         kube = connect(args.node_name or None).start()
     daemon = Daemon(cfg, kube=kube)

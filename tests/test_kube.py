@@ -1,4 +1,4 @@
-"""agent/kube.py: pure parsers on tables, and the real `kubernetes` client against tests/fakeapi.py."""
+"""agent/kube/: pure pod-spec parsers on tables, and the real `kubernetes` client against tests/fakeapi.py."""
 
 from __future__ import annotations
 
@@ -16,16 +16,11 @@ import pytest
 from kubernetes.utils.quantity import parse_quantity as k8s_parse_quantity
 
 from agent.analysis.pipeline import KubeSource
-from agent.kube import (
-    Backoff,
+from agent.kube.spec import (
     ContainerMeta,
     EnvSource,
-    KubeMetadata,
     PodMeta,
-    WatchSettings,
-    connect,
     env_source,
-    load_configuration,
     normalize_container_id,
     normalize_pod_uid,
     parse_cpu,
@@ -33,6 +28,7 @@ from agent.kube import (
     parse_quantity,
     workload_of,
 )
+from agent.kube.watch import Backoff, KubeMetadata, WatchSettings, connect, load_configuration
 from tests.fakeapi import FakeKubeAPI, container_id, make_container, make_pod, uid_of
 
 FAST = WatchSettings(

@@ -55,7 +55,7 @@ class CgroupSource(Protocol):
 
 
 class WorkloadMeta(Protocol):
-    """What the pod watch knows about a container (agent.kube.ContainerMeta provides it)."""
+    """What the pod watch knows about a container (agent.kube.spec.ContainerMeta provides it)."""
 
     @property
     def namespace(self) -> str: ...
