@@ -20,6 +20,7 @@ from agent.kube.spec import (
     ContainerMeta,
     EnvSource,
     PodMeta,
+    SourceKind,
     env_source,
     normalize_container_id,
     normalize_pod_uid,
@@ -343,14 +344,14 @@ def test_gomaxprocs_downward_from_another_container() -> None:
     worker = make_container("worker", limits={"cpu": "3"})
     pod = parse_pod(make_pod("api-0", n=3, containers=[app, worker]))
     src = pod.containers[0].gomaxprocs
-    assert src == EnvSource("resourceFieldRef", resource="limits.cpu", container="worker", resolved=3)
+    assert src == EnvSource(SourceKind.RESOURCE_FIELD_REF, resource="limits.cpu", container="worker", resolved=3)
     assert src.describe() == "resourceFieldRef:limits.cpu,container=worker"
 
 
 def test_configmap_reference_names_but_does_not_resolve() -> None:
     c = make_container("app", env=[_env("GOMAXPROCS", valueFrom={"configMapKeyRef": {"name": "t", "key": "k"}})])
     src = env_source(c, "GOMAXPROCS")
-    assert src == EnvSource("configMapKeyRef", ref="t/k")
+    assert src == EnvSource(SourceKind.CONFIG_MAP_KEY_REF, ref="t/k")
 
 
 def test_godebug_literal_and_reference() -> None:
@@ -359,7 +360,7 @@ def test_godebug_literal_and_reference() -> None:
     pod = parse_pod(make_pod("api-0", n=3, containers=[lit, ref]))
     assert pod.containers[0].godebug_literal == "containermaxprocs=0,madvdontneed=1"
     assert pod.containers[1].godebug_literal is None
-    assert pod.containers[1].godebug is not None and pod.containers[1].godebug.kind == "configMapKeyRef"
+    assert pod.containers[1].godebug is not None and pod.containers[1].godebug.kind is SourceKind.CONFIG_MAP_KEY_REF
     assert pod.containers[0].gomaxprocs is None
 
 
@@ -486,10 +487,10 @@ def test_parse_real_pod() -> None:
         ("ledger", False, False, 2.0, 2.0),
     ]
     migrate, envoy, ledger = pod.containers
-    assert migrate.container_id == "1" * 64 and migrate.gomaxprocs == EnvSource("literal", value="1", resolved=1)
+    assert migrate.container_id == "1" * 64 and migrate.gomaxprocs == EnvSource(SourceKind.LITERAL, value="1", resolved=1)
     assert envoy.container_id == "2" * 64 and envoy.gomaxprocs is None
     assert ledger.container_id == "4" * 64 and ledger.previous_ids == ("3" * 64,)
-    assert ledger.gomaxprocs == EnvSource("resourceFieldRef", resource="limits.cpu", resolved=2)
+    assert ledger.gomaxprocs == EnvSource(SourceKind.RESOURCE_FIELD_REF, resource="limits.cpu", resolved=2)
     assert ledger.godebug_literal == "gctrace=0"
     # the restarted container's old process may still be sampled: it maps to the same container
     assert pod.container_by_id(f"cri-o://{'3' * 64}") is ledger
@@ -555,7 +556,8 @@ def test_container_meta_has_the_pipeline_fields() -> None:
         "ledger",
         "StatefulSet/ledger",
     )
-    assert meta.spec_gomaxprocs == "resourceFieldRef:limits.cpu" and meta.limit_cores == 2.0
+    assert meta.spec_gomaxprocs is not None and meta.spec_gomaxprocs.describe() == "resourceFieldRef:limits.cpu"
+    assert meta.limit_cores == 2.0
     assert meta.godebug == "gctrace=0" and meta.container_id == "4" * 64
     pod_level = ContainerMeta.of(pod, None)
     assert pod_level.container is None and pod_level.spec_gomaxprocs is None

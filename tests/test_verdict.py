@@ -9,6 +9,7 @@ import pytest
 from agent.analysis.gomaxprocs import Facts, Gomaxprocs, go125_default, godebug_setting, infer, parse_env_gomaxprocs
 from agent.analysis.goruntime import Category
 from agent.analysis.verdict import Evidence, Verdict, judge, recommended_gomaxprocs
+from agent.kube.spec import EnvSource, SourceKind
 
 SH = {Category.SCHEDULER: 0.13, Category.GC: 0.16, Category.RUNTIME_OTHER: 0.1, Category.USER: 0.61}
 
@@ -66,7 +67,7 @@ def test_above_explains_and_fixes() -> None:
     assert j.recommended == 2
     assert "GOMAXPROCS=64" in j.explanation and "scheduler 13%" in j.explanation and "GC 16%" in j.explanation
     assert "resourceFieldRef" in j.fix and "automaxprocs" in j.fix and "1.25" in j.fix
-    literal = judge(ev(64, 1.0, spec_gomaxprocs="literal:64"))
+    literal = judge(ev(64, 1.0, spec_gomaxprocs=EnvSource(SourceKind.LITERAL, value="64", resolved=64)))
     assert "pod spec sets GOMAXPROCS=64" in literal.fix
     off = judge(ev(64, 1.0, containermaxprocs_off=True))
     assert "containermaxprocs=0" in off.fix

@@ -23,6 +23,7 @@ from agent.errors import BinaryError, NodeAgentError, NotGoError, ProcessGoneErr
 from agent.gobinary.elf import open_image
 from agent.gobinary.symbolizer import BinaryCache, BoundedCache, GoBinary
 from agent.host.procfs import ProcessInfo, ProcFS
+from agent.kube.spec import EnvSource
 from agent.sampling.sampler import DrainResult
 
 
@@ -70,7 +71,7 @@ class WorkloadMeta(Protocol):
     def owner(self) -> str | None: ...  # "Deployment/web"
 
     @property
-    def spec_gomaxprocs(self) -> str | None: ...  # how the spec sets GOMAXPROCS
+    def spec_gomaxprocs(self) -> EnvSource | None: ...  # how the spec sets GOMAXPROCS
 
     @property
     def limit_cores(self) -> float | None: ...

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from agent.analysis.goruntime import Category
+from agent.kube.spec import EnvSource, SourceKind
 
 
 class Verdict(StrEnum):
@@ -48,7 +49,7 @@ class Evidence:
     shares: dict[Category, float]
     samples: int
     go_version: tuple[int, int, int] | None = None
-    spec_gomaxprocs: str | None = None  # how the pod spec sets it: "literal:64", "resourceFieldRef:limits.cpu", ...
+    spec_gomaxprocs: EnvSource | None = None  # how the pod spec sets it, None when it does not
     containermaxprocs_off: bool = False
     unknown_reason: str = ""
 
@@ -68,9 +69,10 @@ def _share_text(e: Evidence) -> str:
 
 
 def _fix(e: Evidence, recommended: int) -> str:
-    if e.spec_gomaxprocs and e.spec_gomaxprocs.startswith("literal:"):
+    spec = e.spec_gomaxprocs
+    if spec is not None and spec.kind is SourceKind.LITERAL:
         return (
-            f"the pod spec sets GOMAXPROCS={e.spec_gomaxprocs.split(':', 1)[1]}: set it to {recommended}, "
+            f"the pod spec sets GOMAXPROCS={spec.value}: set it to {recommended}, "
             "or derive it with valueFrom.resourceFieldRef {resource: limits.cpu}"
         )
     if e.containermaxprocs_off:
@@ -78,7 +80,7 @@ def _fix(e: Evidence, recommended: int) -> str:
             f"set GOMAXPROCS={recommended} (env from resourceFieldRef limits.cpu), or drop containermaxprocs=0 "
             "(GODEBUG, or a go.mod go directive <= 1.24) so Go's container-aware default applies"
         )
-    if e.gomaxprocs_source == "inferred:env" or (e.gomaxprocs_source == "live" and e.spec_gomaxprocs):
+    if e.gomaxprocs_source == "inferred:env" or (e.gomaxprocs_source == "live" and spec is not None):
         return f"set GOMAXPROCS={recommended}, e.g. env valueFrom.resourceFieldRef {{resource: limits.cpu}}"
     return (
         f"set env GOMAXPROCS from the Downward API (resourceFieldRef: limits.cpu) = {recommended}, "

@@ -8,11 +8,13 @@ object that is not a pod raises ValueError.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from enum import StrEnum
 from typing import Any
 
 Obj = Mapping[str, Any]
@@ -133,35 +135,65 @@ def workload_of(pod: Obj, *, replicaset_owner: tuple[str, str] | None = None) ->
 # ---------------------------------------------------------------------------------------------
 # How the spec sets GOMAXPROCS / GODEBUG
 # ---------------------------------------------------------------------------------------------
+class SourceKind(StrEnum):
+    """How a pod spec sets an environment variable."""
+
+    LITERAL = "literal"
+    RESOURCE_FIELD_REF = "resourceFieldRef"
+    FIELD_REF = "fieldRef"
+    CONFIG_MAP_KEY_REF = "configMapKeyRef"
+    SECRET_KEY_REF = "secretKeyRef"
+    ENV_FROM = "envFrom"  # not in env: it may come from an envFrom ConfigMap/Secret we do not read
+    UNRESOLVED = "unresolved"  # over the expansion budget; ``ref`` says which limit
+
+
+# What one pod may make us hold or compute per variable: Kubernetes itself expands $(VAR)
+# without limits, so 30 entries of "$(PREV)$(PREV)" are 2**30 bytes. GOMAXPROCS is a
+# number and GODEBUG a short list; anything longer is not worth a byte of the daemon's memory.
+MAX_EXPANDED = 1024  # characters of one expanded value
+MAX_DEPTH = 16  # $(A) -> $(B) -> ... references followed
+MAX_NAME = 256  # names, keys, paths, IDs (the API's own limit is 253)
+MAX_IMAGE = 512
+MAX_CONTAINERS = 64  # per pod (init and app); beyond this a container is not described
+
+
+def _cap(text: object, limit: int = MAX_NAME) -> str:
+    """A tenant's string, at most ``limit`` characters (kept facts are bounded, not escaped)."""
+    out = text if isinstance(text, str) else str(text)
+    return out[:limit]
+
+
 @dataclass(frozen=True)
 class EnvSource:
     """Where one environment variable's value comes from, as written in the pod spec."""
 
-    kind: str  # literal | resourceFieldRef | fieldRef | configMapKeyRef | secretKeyRef | envFrom
-    value: str | None = None  # literal text
+    kind: SourceKind
+    value: str | None = None  # literal text (expanded), at most MAX_EXPANDED characters
     resource: str | None = None  # resourceFieldRef: "limits.cpu", "requests.cpu", ...
     divisor: str | None = None  # resourceFieldRef divisor, None when 1 (the API shows "0" for unset)
     container: str | None = None  # resourceFieldRef.containerName, when it names another container
-    ref: str | None = None  # "name/key" of a ConfigMap/Secret, fieldPath of a fieldRef
+    ref: str | None = None  # "name/key" of a ConfigMap/Secret, fieldPath of a fieldRef, why UNRESOLVED
     resolved: int | None = None  # the integer the process will see, when the spec alone says
 
     def describe(self) -> str:
-        """Short form for reports and the verdict: ``literal:64``, ``resourceFieldRef:limits.cpu``..."""
-        if self.kind == "literal":
+        """Short form for people: ``literal:64``, ``resourceFieldRef:limits.cpu``..."""
+        if self.kind is SourceKind.LITERAL:
             return f"literal:{self.value}"
-        if self.kind == "resourceFieldRef":
+        if self.kind is SourceKind.RESOURCE_FIELD_REF:
             text = f"resourceFieldRef:{self.resource}"
             if self.divisor:
                 text += f",divisor={self.divisor}"
             if self.container:
                 text += f",container={self.container}"
             return text
-        if self.kind == "fieldRef":
-            return f"fieldRef:{self.ref}"
-        return self.kind
+        if self.kind in (SourceKind.FIELD_REF, SourceKind.UNRESOLVED):
+            return f"{self.kind}:{self.ref}"
+        return str(self.kind)
 
 
-_VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+# Kubernetes' expansion syntax (third_party/forked/golang/expansion): "$$" is an escaped "$";
+# "$(NAME)" is a reference, NAME being anything up to the first ")"; every other "$" is literal.
+_VAR_REF = re.compile(r"\$\$|\$\(([^)]*)\)")
 
 
 def _literal_int(text: str) -> int | None:
@@ -185,76 +217,147 @@ def _downward_cpu(resource: str, divisor: str | None, target: Obj | None) -> int
     try:
         div = _millis(parse_quantity(divisor)) if divisor else 1000
         return math.ceil(_millis(parse_quantity(raw)) / div)
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, TypeError):
         return None
 
 
+def _name_key(ref: Obj) -> str:
+    return f"{_cap(ref.get('name', ''))}/{_cap(ref.get('key', ''))}"
+
+
 def _source_of(entry: Obj, container: Obj, by_name: Mapping[str, Obj]) -> EnvSource:
+    """One env entry's source before expansion (a literal keeps its raw text, capped by the caller)."""
     vf = _dict(entry.get("valueFrom"))
     if rf := _dict(vf.get("resourceFieldRef")):
-        resource = str(rf.get("resource", ""))
+        resource = _cap(rf.get("resource", ""))
         div = rf.get("divisor")
         divisor = None
         if div not in (None, "", "0", "1", 0, 1):
-            divisor = str(div)
-        other = str(rf.get("containerName") or "")
+            divisor = _cap(div)
+        other = _cap(rf.get("containerName") or "")
         target = by_name.get(other) if other else container
         return EnvSource(
-            "resourceFieldRef",
+            SourceKind.RESOURCE_FIELD_REF,
             resource=resource,
             divisor=divisor,
             container=other if other and other != container.get("name") else None,
             resolved=_downward_cpu(resource, divisor, target),
         )
     if ref := _dict(vf.get("configMapKeyRef")):
-        return EnvSource("configMapKeyRef", ref=f"{ref.get('name', '')}/{ref.get('key', '')}")
+        return EnvSource(SourceKind.CONFIG_MAP_KEY_REF, ref=_name_key(ref))
     if ref := _dict(vf.get("secretKeyRef")):
-        return EnvSource("secretKeyRef", ref=f"{ref.get('name', '')}/{ref.get('key', '')}")
+        return EnvSource(SourceKind.SECRET_KEY_REF, ref=_name_key(ref))
     if ref := _dict(vf.get("fieldRef")):
-        return EnvSource("fieldRef", ref=str(ref.get("fieldPath", "")))
+        return EnvSource(SourceKind.FIELD_REF, ref=_cap(ref.get("fieldPath", "")))
     text = entry.get("value")
-    text = "" if text is None else str(text)
-    return EnvSource("literal", value=text, resolved=_literal_int(text))
+    return EnvSource(SourceKind.LITERAL, value="" if text is None else str(text))
 
 
-def env_source(container: Obj, name: str, containers: Mapping[str, Obj] | None = None) -> EnvSource | None:
-    """How ``container``'s spec sets env var ``name``; None when it does not.
+def _unresolved(why: str) -> EnvSource:
+    return EnvSource(SourceKind.UNRESOLVED, ref=why)
+
+
+class _ContainerEnv:
+    """A container's ``env`` list, expanded lazily: only the entries a wanted variable reaches.
+
+    Kubernetes expands each entry in order against the entries before it, so a reference
+    points strictly backwards (no cycles); memoized, each entry is expanded at most once and
+    produces at most MAX_EXPANDED characters, and chains stop at MAX_DEPTH.
+    """
+
+    def __init__(self, container: Obj, by_name: Mapping[str, Obj]) -> None:
+        self._container = container
+        self._by_name = by_name
+        self._entries: list[Obj] = []
+        self._positions: dict[str, list[int]] = {}
+        for entry in _list(container.get("env")):
+            if isinstance(entry, Mapping) and isinstance(entry.get("name"), str) and entry["name"]:
+                self._positions.setdefault(entry["name"], []).append(len(self._entries))
+                self._entries.append(entry)
+        self._memo: dict[int, EnvSource] = {}
+
+    def source(self, name: str) -> EnvSource | None:
+        """How ``name`` is set: its last entry wins; None when the env list does not set it."""
+        where = self._positions.get(name)
+        return self._at(where[-1], 0) if where else None
+
+    def _before(self, name: str, index: int) -> int | None:
+        """The entry a reference to ``name`` from entry ``index`` sees: the last one before it."""
+        where = self._positions.get(name, [])
+        i = bisect.bisect_left(where, index)
+        return where[i - 1] if i else None
+
+    def _at(self, index: int, depth: int) -> EnvSource:
+        if index not in self._memo:
+            self._memo[index] = self._expand(index, depth)
+        return self._memo[index]
+
+    def _expand(self, index: int, depth: int) -> EnvSource:
+        src = _source_of(self._entries[index], self._container, self._by_name)
+        if src.kind is not SourceKind.LITERAL or src.value is None:
+            return src
+        text = src.value
+        if len(text) > MAX_EXPANDED:
+            return _unresolved(f"value longer than {MAX_EXPANDED} characters")
+        if "$" not in text:
+            return EnvSource(SourceKind.LITERAL, value=text, resolved=_literal_int(text))
+        whole = _VAR_REF.fullmatch(text)
+        if whole and whole[1] is not None and (j := self._before(whole[1], index)) is not None:
+            if depth >= MAX_DEPTH:
+                return _unresolved(f"references nested deeper than {MAX_DEPTH}")
+            ref = self._at(j, depth + 1)
+            if ref.kind is not SourceKind.LITERAL:
+                return ref  # GOMAXPROCS=$(CPU): the process sees what CPU's source gives
+        out: list[str] = []
+        size = 0
+        last = 0
+        for m in _VAR_REF.finditer(text):
+            piece = m[0]
+            if m[0] == "$$":
+                piece = "$"
+            elif (j := self._before(m[1], index)) is not None:
+                if depth >= MAX_DEPTH:
+                    return _unresolved(f"references nested deeper than {MAX_DEPTH}")
+                ref = self._at(j, depth + 1)
+                if ref.kind is SourceKind.UNRESOLVED:
+                    return ref
+                if ref.kind is SourceKind.LITERAL and ref.value is not None:
+                    piece = ref.value
+                # A reference to a value the spec does not hold stays as written (unknown here).
+            chunk = text[last : m.start()]
+            size += len(chunk) + len(piece)
+            if size > MAX_EXPANDED:
+                return _unresolved(f"expands past {MAX_EXPANDED} characters")
+            out += (chunk, piece)
+            last = m.end()
+        out.append(text[last:])
+        value = "".join(out)
+        if len(value) > MAX_EXPANDED:
+            return _unresolved(f"expands past {MAX_EXPANDED} characters")
+        return EnvSource(SourceKind.LITERAL, value=value, resolved=_literal_int(value))
+
+
+def env_sources(
+    container: Obj, names: tuple[str, ...], containers: Mapping[str, Obj] | None = None
+) -> dict[str, EnvSource | None]:
+    """How ``container``'s spec sets each of ``names`` (None: it does not); only those are expanded.
 
     Kubernetes semantics: the last entry of a name wins; ``$(VAR)`` in a value expands
     earlier entries (so ``GOMAXPROCS=$(CPU)`` takes CPU's source); an unset name may
     still come from ``envFrom`` (a ConfigMap/Secret we do not read).
     """
-    by_name = containers or {}
-    seen: dict[str, EnvSource] = {}
-    for entry in _list(container.get("env")):
-        if not isinstance(entry, Mapping) or not entry.get("name"):
-            continue
-        src = _source_of(entry, container, by_name)
-        if src.kind == "literal" and src.value and "$(" in src.value:
-            src = _expand(src.value, seen)
-        seen[str(entry["name"])] = src
-    if name in seen:
-        return seen[name]
-    if _list(container.get("envFrom")):
-        return EnvSource("envFrom")
-    return None
+    env = _ContainerEnv(container, containers or {})
+    env_from = bool(_list(container.get("envFrom")))
+    out: dict[str, EnvSource | None] = {}
+    for name in names:
+        src = env.source(name)
+        out[name] = src if src is not None else (EnvSource(SourceKind.ENV_FROM) if env_from else None)
+    return out
 
 
-def _expand(text: str, seen: Mapping[str, EnvSource]) -> EnvSource:
-    whole = _VAR_REF.fullmatch(text)
-    if whole and whole[1] and whole[1] in seen:
-        return seen[whole[1]]
-
-    def sub(m: re.Match[str]) -> str:
-        if m[0] == "$$":
-            return "$"
-        src = seen.get(m[1])
-        if src is not None and src.kind == "literal" and src.value is not None:
-            return src.value
-        return m[0]  # unknown or not literal: Kubernetes leaves it as written
-
-    out = _VAR_REF.sub(sub, text)
-    return EnvSource("literal", value=out, resolved=_literal_int(out))
+def env_source(container: Obj, name: str, containers: Mapping[str, Obj] | None = None) -> EnvSource | None:
+    """How ``container``'s spec sets env var ``name``; see :func:`env_sources`."""
+    return env_sources(container, (name,), containers)[name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +378,7 @@ class ContainerSpec:
 
     @property
     def godebug_literal(self) -> str | None:
-        return self.godebug.value if self.godebug is not None and self.godebug.kind == "literal" else None
+        return self.godebug.value if self.godebug is not None and self.godebug.kind is SourceKind.LITERAL else None
 
 
 @dataclass(frozen=True)
@@ -329,7 +432,7 @@ class ContainerMeta:
     pod: str
     container: str | None  # None: the pod is known but not this container
     owner: str  # "Deployment/web"
-    spec_gomaxprocs: str | None  # EnvSource.describe(), None when the spec does not set it
+    spec_gomaxprocs: EnvSource | None  # how the spec sets GOMAXPROCS; None when it does not
     limit_cores: float | None
     pod_uid: str
     node: str | None
@@ -339,7 +442,6 @@ class ContainerMeta:
     container_id: str | None = None
     request_cores: float | None = None
     init: bool = False
-    gomaxprocs: EnvSource | None = None
     godebug: str | None = None  # literal GODEBUG from the spec
     godebug_source: EnvSource | None = None
 
@@ -359,12 +461,11 @@ class ContainerMeta:
             return cls(container=None, spec_gomaxprocs=None, limit_cores=pod.limit_cores(), **common)
         return cls(
             container=c.name,
-            spec_gomaxprocs=c.gomaxprocs.describe() if c.gomaxprocs else None,
+            spec_gomaxprocs=c.gomaxprocs,
             limit_cores=c.limit_cores,
             container_id=c.container_id,
             request_cores=c.request_cores,
             init=c.init,
-            gomaxprocs=c.gomaxprocs,
             godebug=c.godebug_literal,
             godebug_source=c.godebug,
             **common,
@@ -410,50 +511,55 @@ def parse_pod(obj: Obj, *, replicaset_owner: tuple[str, str] | None = None) -> P
     uid, name, ns = meta.get("uid"), meta.get("name"), meta.get("namespace")
     if not (isinstance(uid, str) and uid and isinstance(name, str) and name and isinstance(ns, str) and ns):
         raise ValueError("object without metadata.uid/name/namespace is not a pod")
+    if max(len(uid), len(name), len(ns)) > MAX_NAME:
+        raise ValueError(f"metadata.uid/name/namespace longer than {MAX_NAME} characters")
     ids: dict[str, tuple[str | None, tuple[str, ...]]] = {}
     for key in ("initContainerStatuses", "containerStatuses"):
         for st in _list(status.get(key)):
             if isinstance(st, Mapping) and st.get("name"):
                 last = _dict(_dict(st.get("lastState")).get("terminated")).get("containerID")
-                old = normalize_container_id(last if isinstance(last, str) else None)
+                old = normalize_container_id(_cap(last) if isinstance(last, str) else None)
                 now = st.get("containerID")
-                ids[str(st["name"])] = (
-                    normalize_container_id(now if isinstance(now, str) else None),
+                ids[_cap(st["name"])] = (
+                    normalize_container_id(_cap(now) if isinstance(now, str) else None),
                     (old,) if old else (),
                 )
     init_specs = [c for c in _list(spec.get("initContainers")) if isinstance(c, Mapping) and c.get("name")]
     app_specs = [c for c in _list(spec.get("containers")) if isinstance(c, Mapping) and c.get("name")]
-    by_name = {str(c["name"]): c for c in init_specs + app_specs}
+    by_name = {_cap(c["name"]): c for c in init_specs + app_specs}
     containers: list[ContainerSpec] = []
     for is_init, specs in ((True, init_specs), (False, app_specs)):
-        for c in specs:
+        for c in specs[: MAX_CONTAINERS - len(containers)]:
             res = _dict(c.get("resources"))
-            cid, prev = ids.get(str(c["name"]), (None, ()))
+            cid, prev = ids.get(_cap(c["name"]), (None, ()))
+            env = env_sources(c, ("GOMAXPROCS", "GODEBUG"), by_name)
             containers.append(
                 ContainerSpec(
-                    name=str(c["name"]),
+                    name=_cap(c["name"]),
                     container_id=cid,
                     init=is_init,
-                    image=str(c.get("image", "")),
+                    image=_cap(c.get("image", ""), MAX_IMAGE),
                     limit_cores=_quantity_or_none(_dict(res.get("limits")).get("cpu")),
                     request_cores=_quantity_or_none(_dict(res.get("requests")).get("cpu")),
-                    gomaxprocs=env_source(c, "GOMAXPROCS", by_name),
-                    godebug=env_source(c, "GODEBUG", by_name),
+                    gomaxprocs=env["GOMAXPROCS"],
+                    godebug=env["GODEBUG"],
                     sidecar=is_init and c.get("restartPolicy") == "Always",
                     previous_ids=prev,
                 )
             )
     qos = status.get("qosClass")
+    node, phase, rv = spec.get("nodeName"), status.get("phase"), meta.get("resourceVersion")
+    owner_kind, owner_name = workload_of(obj, replicaset_owner=replicaset_owner)
     return PodMeta(
         namespace=ns,
         name=name,
         uid=normalize_pod_uid(uid),
-        node=spec.get("nodeName") or None,
-        qos_class=str(qos) if qos else _qos_fallback(spec),
-        owner_kind=(owner := workload_of(obj, replicaset_owner=replicaset_owner))[0],
-        owner_name=owner[1],
+        node=_cap(node) if node else None,
+        qos_class=_cap(qos) if qos else _qos_fallback(spec),
+        owner_kind=_cap(owner_kind),
+        owner_name=_cap(owner_name),
         containers=tuple(containers),
-        phase=status.get("phase"),
-        resource_version=meta.get("resourceVersion"),
+        phase=_cap(phase) if phase else None,
+        resource_version=_cap(rv) if rv else None,
         overhead_cores=_quantity_or_none(_dict(spec.get("overhead")).get("cpu")),
     )
