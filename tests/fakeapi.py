@@ -10,8 +10,11 @@ point is gone: a watch from there gets the apiserver's ERROR event (a ``Status``
 code 410, reason ``Expired``) or, if asked, an HTTP 410. Bookmarks look like the real
 ones (an empty Pod carrying only ``metadata.resourceVersion``).
 
-Faults on demand: 5xx answers, stalled answers, watch streams cut mid-chunk, and a
-full outage (``stop()`` / ``start()`` on the same port, state kept like etcd would).
+Faults on demand: 5xx answers, stalled answers, watches accepted and then silent, raw
+bytes written into open watch streams (malformed events, lines without a newline),
+watch streams cut mid-chunk, and a full outage (``stop()`` / ``start()`` on the same
+port, state kept like etcd would). ``bookmark_interval`` sends periodic bookmarks as
+kube-apiserver does (about once a minute).
 Every request is recorded (method, path, query) so tests can assert what a client asked.
 """
 
@@ -26,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -72,6 +75,7 @@ class _Watcher:
     bookmark_wanted: bool = False
     cursor: int = 0
     drop: bool = False
+    raw: list[bytes] = field(default_factory=list)  # bytes to write as they are
 
 
 def status_object(code: int, reason: str, message: str) -> Obj:
@@ -170,8 +174,10 @@ class FakeKubeAPI:
         default_watch_timeout: float = 30.0,
         expired_as_http: bool = False,
         max_watch_seconds: float | None = None,
+        bookmark_interval: float | None = None,
     ) -> None:
         self.default_watch_timeout = default_watch_timeout
+        self.bookmark_interval = bookmark_interval
         self.max_watch_seconds = max_watch_seconds  # end every watch this early (a misbehaving proxy)
         self.expired_as_http = expired_as_http
         self.requests: list[Request] = []
@@ -183,6 +189,7 @@ class FakeKubeAPI:
         self._compacted = 0  # changes with rv <= this are gone
         self._faults: list[_Fault] = []
         self._stalls = 0
+        self._silent_watches = 0
         self._watchers: list[_Watcher] = []
         self._conns: set[socket.socket] = set()
         self._server: _Server | None = None
@@ -318,6 +325,19 @@ class FakeKubeAPI:
         with self._cond:
             self._stalls += n
 
+    def silence_next_watches(self, n: int = 1) -> None:
+        """Accept the next n watches (200, chunked) and then never write to them (until stop())."""
+        with self._cond:
+            self._silent_watches += n
+
+    def inject(self, data: bytes) -> int:
+        """Write ``data`` as it is into every open watch stream; returns how many streams."""
+        with self._cond:
+            for w in self._watchers:
+                w.raw.append(data)
+            self._cond.notify_all()
+            return len(self._watchers)
+
     def send_bookmark(self) -> None:
         with self._cond:
             for w in self._watchers:
@@ -451,12 +471,22 @@ class FakeKubeAPI:
             h.send_json(410, status_object(410, "Expired", expired))
             return
         h.start_stream()
+        with self._cond:
+            silent = self._silent_watches > 0
+            if silent:
+                self._silent_watches -= 1
+        if silent:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stopping)
+            h.close_connection = True
+            return
         if expired:
             # What the apiserver really does: HTTP 200, then one ERROR event, then the end.
             h.chunk(_line({"type": "ERROR", "object": status_object(410, "Expired", expired)}))
             h.end_stream()
             return
         me = _Watcher(bookmarks=bookmarks)
+        next_bookmark = time.monotonic() + (self.bookmark_interval or float("inf"))
         pending: list[bytes] = []
         with self._cond:
             if raw_rv in {"", "0"}:
@@ -476,17 +506,22 @@ class FakeKubeAPI:
                             self._stopping
                             or me.drop
                             or me.bookmark_wanted
+                            or bool(me.raw)
                             or self._rv > me.cursor
-                            or time.monotonic() >= deadline
+                            or time.monotonic() >= min(deadline, next_bookmark)
                         ),
                         timeout=max(0.0, min(deadline - time.monotonic(), 0.25)),
                     )
+                    if bookmarks and time.monotonic() >= next_bookmark:
+                        me.bookmark_wanted = True
+                        next_bookmark = time.monotonic() + (self.bookmark_interval or float("inf"))
                     if self._stopping:
                         return
                     if h.client_gone():
                         h.close_connection = True
                         return
-                    out = []
+                    out = list(me.raw)
+                    me.raw.clear()
                     for ch in self._history:
                         if ch.rv > me.cursor and (ev := _filtered(ch, match)) is not None:
                             out.append(_line(ev))

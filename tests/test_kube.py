@@ -36,7 +36,7 @@ FAST = WatchSettings(
     watch_timeout_s=5,
     connect_timeout_s=1.0,
     list_timeout_s=2.0,
-    idle_slack_s=1.0,
+    bookmark_interval_s=6.0,  # read timeout 12 s: above the longest watch asked (10 s)
     backoff_initial_s=0.02,
     backoff_cap_s=0.2,
 )
@@ -961,8 +961,8 @@ def test_stalled_list_times_out_and_retries(api: FakeKubeAPI, watcher: Make) -> 
 
 def test_silent_watch_times_out_and_resumes(api: FakeKubeAPI, watcher: Make) -> None:
     # A half-open connection (an apiserver that vanished without a FIN) must not hang us forever:
-    # the read timeout is timeoutSeconds plus a slack.
-    kube = watcher(api, watch_timeout_s=1, idle_slack_s=0.3)
+    # the read timeout is twice the bookmark interval.
+    kube = watcher(api, watch_timeout_s=1, bookmark_interval_s=0.5)
     _synced_watch(api, kube)
     rv = kube.status().resource_version
     api.stall_next(1)

@@ -399,6 +399,19 @@ class PodMeta:
     def owner(self) -> str:
         return f"{self.owner_kind}/{self.owner_name}"
 
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.namespace, self.name
+
+    @property
+    def over_budget(self) -> bool:
+        """Some container's GOMAXPROCS or GODEBUG was left unresolved by the expansion caps."""
+        return any(
+            src is not None and src.kind is SourceKind.UNRESOLVED
+            for c in self.containers
+            for src in (c.gomaxprocs, c.godebug)
+        )
+
     def container_by_id(self, container_id: str | None) -> ContainerSpec | None:
         cid = normalize_container_id(container_id)
         if cid is None:

@@ -26,14 +26,13 @@ import socket
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import urllib3
 from kubernetes import client as k8s
-from kubernetes import watch as k8s_watch
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.config.incluster_config import InClusterConfigLoader
 from kubernetes.config.kube_config import load_kube_config
@@ -133,17 +132,48 @@ class WatchSettings:
     watch_timeout_s: int = 300  # each watch asks timeoutSeconds in [T, 2T) so a fleet spreads out
     connect_timeout_s: float = 10.0
     list_timeout_s: float = 60.0
-    idle_slack_s: float = 30.0  # a watch's read timeout is its timeoutSeconds plus this
+    # kube-apiserver sends a watch bookmark about once a minute: a watch silent for two of them is dead
+    # (accepted but never answered, or a half-open connection), whatever timeoutSeconds said.
+    bookmark_interval_s: float = 60.0
+    max_event_bytes: int = 4 * 2**20  # one watch line; etcd refuses objects over 1.5 MiB
     backoff_initial_s: float = 0.8
     backoff_cap_s: float = 30.0
     resolve_replicasets: bool = False  # GET each ReplicaSet for its owner (needs replicasets get)
     max_pods: int = 2048  # a node runs ~110-250 pods; beyond this something is wrong
     replicaset_cache: int = 512
 
+    @property
+    def idle_timeout_s(self) -> float:
+        """A watch with no byte for this long is cut and resumed (the socket's read timeout)."""
+        return 2.0 * self.bookmark_interval_s
+
+
+# Kinds of node_agent_errors_total{kind="kube_<kind>"}: failures of the loop (each one backs off)
+# and items skipped (the loop goes on).
+LOOP_ERRORS = (
+    "api_unreachable",  # refused, reset, DNS: the API cannot be reached
+    "list_timeout",  # a list not answered within list_timeout_s
+    "watch_stalled",  # an open watch silent for idle_timeout_s
+    "watch_deadline",  # a watch still open well past its timeoutSeconds
+    "watch_ended_early",  # the server ended a watch at once with nothing in it
+    "watch_error_event",  # an ERROR event other than 410
+    "api_forbidden",  # 401/403: RBAC
+    "api_error",  # other HTTP errors
+    "list_malformed",  # a list body that is not a PodList
+    "unexpected",
+)
+ITEM_ERRORS = (
+    "event_malformed",  # a watch line that is not a JSON watch event: skipped
+    "event_too_large",  # a watch line over max_event_bytes: skipped without being held
+    "pod_malformed",  # an object that is not a pod: skipped
+    "pod_dropped",  # the store is full (max_pods)
+    "pod_spec_over_budget",  # GOMAXPROCS/GODEBUG expansion over its caps: left unresolved
+)
+
 
 @dataclass(frozen=True)
 class KubeStatus:
-    """A consistent copy of the watcher's health, for logs and self-metrics."""
+    """A consistent copy of the watcher's health: for /readyz's text, self-metrics and logs."""
 
     state: str  # disabled | starting | listing | watching | backoff | stopped
     reason: str  # why disabled, or how configured
@@ -155,33 +185,100 @@ class KubeStatus:
     relists: int  # lists after the first (each follows a 410)
     expired: int  # 410 Gone seen
     watch_restarts: int  # watches opened after the first
-    errors: int
+    errors: int  # failures of the loop (each backed off)
     events: dict[str, int]
     bad_objects: int
     dropped_pods: int
+    errors_by_kind: dict[str, int] = field(default_factory=dict)  # LOOP_ERRORS and ITEM_ERRORS
+    last_error_kind: str | None = None
+    last_error_age_s: float | None = None  # seconds since the last error, when there was one
 
     @property
     def enabled(self) -> bool:
         return self.state != "disabled"
 
+    @property
+    def events_skipped(self) -> int:
+        return sum(self.errors_by_kind.get(k, 0) for k in ("event_malformed", "event_too_large"))
+
+    def summary(self) -> str:
+        """One line for /readyz and logs: never a reason to be unready (cgroup names still work)."""
+        if not self.enabled:
+            return f"kubernetes: off ({self.reason}); workloads are named by cgroup"
+        text = f"kubernetes: {self.state}, " + (
+            f"synced, {self.pods} pods" if self.synced else "not synced: workloads are named by cgroup"
+        )
+        text += f", {self.relists} relists, {self.events_skipped} events skipped"
+        if self.last_error is not None and self.last_error_age_s is not None:
+            text += f"; last error {self.last_error_age_s:.0f}s ago ({self.last_error_kind}): {self.last_error}"
+        return text
+
 
 _EVENT_TYPES = frozenset({"ADDED", "MODIFIED", "DELETED", "BOOKMARK"})
+_READ_SIZE = 64 * 1024
 
 
 class _Expired(Exception):
     """410 Gone: our resourceVersion is older than the apiserver's history."""
 
 
-class _RawWatch(k8s_watch.Watch):
-    """Watch whose events keep the object as a dict.
+class _LoopError(Exception):
+    """A failure of one list or watch, with its kind (one of LOOP_ERRORS)."""
 
-    We parse pods ourselves (one parser for list and watch, tolerant of odd objects, and
-    no model deserialization per event). ``deserialize=False`` would be the obvious way,
-    but it breaks the client's own ERROR-event handling (it reads ``raw_object``).
+    def __init__(self, kind: str, text: str) -> None:
+        super().__init__(text)
+        self.kind = kind
+
+
+class LineSplitter:
+    """Bytes of a watch stream in, complete lines out; memory bounded by ``max_line``.
+
+    A line longer than ``max_line`` is dropped as its bytes arrive (never held) and counted in
+    ``oversized``: a stream that never sends a newline cannot grow our memory.
     """
 
-    def get_return_type(self, func: Any) -> None:
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self.oversized = 0
+        self._buf = bytearray()
+        self._discarding = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        start = 0
+        while (nl := data.find(b"\n", start)) >= 0:
+            piece = memoryview(data)[start:nl]
+            if self._discarding:
+                self._discarding = False
+            elif len(self._buf) + len(piece) > self.max_line:
+                self.oversized += 1
+            else:
+                self._buf += piece
+                out.append(bytes(self._buf))
+            self._buf.clear()
+            start = nl + 1
+        rest = len(data) - start
+        if not self._discarding and rest:
+            if len(self._buf) + rest > self.max_line:
+                self.oversized += 1
+                self._buf.clear()
+                self._discarding = True
+            else:
+                self._buf += memoryview(data)[start:]
+        return out
+
+
+def parse_event(line: bytes) -> Mapping[str, Any] | None:
+    """One watch line -> {"type": ..., "object": {...}}; None when it is not a watch event."""
+    try:
+        event = json.loads(line)
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past Python's limit
         return None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        return None
+    if not isinstance(event.get("object"), dict):
+        return None
+    return event
 
 
 class KubeMetadata:
@@ -219,14 +316,16 @@ class KubeMetadata:
         self._state = "disabled" if configuration is None else "starting"
         self._synced = False
         self._last_error: str | None = None
+        self._last_error_kind: str | None = None
+        self._last_error_at: float | None = None
         self._rv: str | None = None
         self._lists = 0
         self._expired = 0
         self._watches = 0
         self._errors = 0
+        self._by_kind: Counter[str] = Counter()
         self._events: Counter[str] = Counter()
-        self._bad = 0
-        self._dropped = 0
+        self._outage = False  # say so once per outage, then quietly retry
 
     @classmethod
     def disabled(cls, reason: str) -> KubeMetadata:
@@ -265,6 +364,7 @@ class KubeMetadata:
 
     def status(self) -> KubeStatus:
         with self._cond:
+            at = self._last_error_at
             return KubeStatus(
                 state=self._state,
                 reason=self._reason,
@@ -278,9 +378,16 @@ class KubeMetadata:
                 watch_restarts=max(0, self._watches - 1),
                 errors=self._errors,
                 events=dict(self._events),
-                bad_objects=self._bad,
-                dropped_pods=self._dropped,
+                bad_objects=self._by_kind["pod_malformed"],
+                dropped_pods=self._by_kind["pod_dropped"],
+                errors_by_kind=dict(self._by_kind),
+                last_error_kind=self._last_error_kind,
+                last_error_age_s=None if at is None else max(0.0, time.monotonic() - at),
             )
+
+    def readiness_notes(self) -> list[str]:
+        """Lines for /readyz's text (informational: the agent is ready without the API)."""
+        return [self.status().summary()]
 
     def wait_until(self, pred: Callable[[], bool], timeout: float) -> bool:
         """Block until ``pred()`` holds (re-checked on every store or status change)."""
@@ -337,12 +444,14 @@ class KubeMetadata:
         first_list = True
         expired_streak = 0
         while not self._stop.is_set():
+            phase = "list"
             try:
                 if need_list:
                     self._set_state("listing")
                     self._list(initial=first_list)
                     need_list = first_list = False
                     self._backoff.reset()
+                    self._recovered()
                 self._set_state("watching")
                 # Resume from the last RV any event or bookmark gave us, even if the stream broke.
                 with self._cond:
@@ -350,15 +459,18 @@ class KubeMetadata:
                 if rv is None:  # cannot happen after a list; relist rather than watch from "now"
                     need_list = True
                     continue
+                phase = "watch"
                 events, elapsed, asked = self._watch(rv)
                 if self._stop.is_set():
                     break
                 if events:
                     expired_streak = 0
                     self._backoff.reset()
+                    self._recovered()
                 elif elapsed < asked / 2:
                     # A stream the server ends early with nothing in it must not become a busy loop.
-                    self._fail(f"watch ended after {elapsed:.1f}s of {asked}s with no events")
+                    text = f"watch ended after {elapsed:.1f}s of {asked}s with no events"
+                    raise _LoopError("watch_ended_early", text)
             except _Expired as exc:
                 need_list = True
                 expired_streak += 1
@@ -371,26 +483,56 @@ class KubeMetadata:
                     self._sleep(self._relist_backoff)
                 else:
                     self._relist_backoff.reset()
+            except _LoopError as exc:
+                self._fail(exc.kind, str(exc))
             except k8s.ApiException as exc:
-                self._fail(_api_error_text(exc))
-            except urllib3.exceptions.HTTPError as exc:  # refused, reset, cut mid-stream, timed out
-                self._fail(f"{type(exc).__name__}: {exc}")
-            except (OSError, ValueError) as exc:  # socket errors; a body that is not JSON
-                self._fail(f"{type(exc).__name__}: {exc}")
+                status = getattr(exc, "status", None)
+                self._fail("api_forbidden" if status in {401, 403} else "api_error", _api_error_text(exc))
+            except urllib3.exceptions.ReadTimeoutError as exc:
+                kind = "watch_stalled" if phase == "watch" else "list_timeout"
+                self._fail(kind, f"{type(exc).__name__}: {exc}")
+            except urllib3.exceptions.HTTPError as exc:  # refused, reset, cut mid-stream
+                self._fail("api_unreachable", f"{type(exc).__name__}: {exc}")
+            except OSError as exc:  # socket errors
+                self._fail("api_unreachable", f"{type(exc).__name__}: {exc}")
+            except ValueError as exc:  # a list body that is not JSON
+                self._fail("list_malformed", f"{type(exc).__name__}: {exc}")
             except Exception as exc:  # the thread must not die: anything else is an error too
                 log.exception("kube: unexpected error in the watch loop")
-                self._fail(f"unexpected {type(exc).__name__}: {exc}")
+                self._fail("unexpected", f"unexpected {type(exc).__name__}: {exc}")
         with self._cond:
             self._state = "stopped"
             self._cond.notify_all()
 
-    def _fail(self, text: str) -> None:
+    def _count(self, kind: str, n: int = 1) -> None:
+        with self._cond:
+            self._by_kind[kind] += n
+
+    def _fail(self, kind: str, text: str) -> None:
+        if self._stop.is_set():
+            return  # stop() cut the stream: not an error
         with self._cond:
             self._errors += 1
+            self._by_kind[kind] += 1
             self._last_error = text
+            self._last_error_kind = kind
+            self._last_error_at = time.monotonic()
+            first = not self._outage
+            self._outage = True
+            synced = self._synced
         if not self._stop.is_set():
-            log.warning("kube: %s", text)
+            if first:  # once per outage; the retries are counted, not logged
+                then = "pods keep their last known metadata" if synced else "workloads are named by cgroup"
+                log.warning("kube: %s; retrying with backoff, %s", text, then)
+            else:
+                log.debug("kube: %s", text)
             self._sleep(self._backoff)
+
+    def _recovered(self) -> None:
+        with self._cond:
+            was, self._outage = self._outage, False
+        if was:
+            log.warning("kube: the API answers again")
 
     def _sleep(self, backoff: Backoff) -> None:
         self._set_state("backoff")
@@ -431,13 +573,12 @@ class KubeMetadata:
         if not isinstance(rv, str) or not rv:
             raise ValueError("pod list without metadata.resourceVersion")
         pods: dict[str, PodMeta] = {}
-        bad = dropped = 0
         for item in _list(body.get("items")):
             meta = self._parse(item)
             if meta is None:
-                bad += 1
-            elif len(pods) >= s.max_pods:
-                dropped += 1
+                continue
+            if len(pods) >= s.max_pods:
+                self._count("pod_dropped")
             else:
                 pods[meta.uid] = meta
         with self._cond:
@@ -446,61 +587,84 @@ class KubeMetadata:
             self._rv = rv
             self._synced = True
             self._lists += 1
-            self._bad += bad
-            self._dropped += dropped
             self._cond.notify_all()
         log.info("kube: listed %d pods on %s at resourceVersion %s", len(pods), self.node_name, rv)
 
     def _watch(self, rv: str) -> tuple[int, float, int]:
-        """One watch from ``rv`` until the server ends it. Returns (events, seconds, timeoutSeconds asked)."""
+        """One watch from ``rv`` until the server ends it. Returns (events, seconds, timeoutSeconds asked).
+
+        Read here rather than through the client's ``Watch``: its line reader holds a line
+        without a newline whatever its size, and one line that is not an event ends its stream.
+        """
         s = self.settings
         asked = max(1, round(s.watch_timeout_s * (1.0 + self._rng.random())))
-        core = self._core()
-
-        def call(**kwargs: Any) -> Any:
-            resp = core.list_pod_for_all_namespaces(**kwargs)
-            with self._cond:
-                self._resp = resp
-                stopping = self._stop.is_set()
-            if stopping:
-                _shutdown(resp)
-            return resp
-
         with self._cond:
             self._watches += 1
-        events = 0
         started = time.monotonic()
-        w = _RawWatch()  # type: ignore[no-untyped-call]
-        # timeout_seconds also turns off the client's silent retry after a 410, so we see it.
-        stream: Generator[dict[str, Any], None, None] = w.stream(  # type: ignore[no-untyped-call]
-            call,
-            field_selector=f"spec.nodeName={self.node_name}",
-            resource_version=rv,
-            allow_watch_bookmarks=True,
-            timeout_seconds=asked,
-            _request_timeout=(s.connect_timeout_s, asked + s.idle_slack_s),
-        )
+        deadline = started + asked + s.idle_timeout_s
         try:
-            for event in stream:
-                if self._stop.is_set():
-                    break
-                events += 1
-                self._apply(event)
+            resp = self._core().list_pod_for_all_namespaces(
+                watch=True,
+                field_selector=f"spec.nodeName={self.node_name}",
+                resource_version=rv,
+                allow_watch_bookmarks=True,
+                timeout_seconds=asked,
+                _preload_content=False,
+                _request_timeout=(s.connect_timeout_s, s.idle_timeout_s),
+            )
         except k8s.ApiException as exc:
             if exc.status == 410:
                 raise _Expired(f"watch from resourceVersion {rv}: {exc.reason}") from exc
             raise
+        with self._cond:
+            self._resp = resp
+            stopping = self._stop.is_set()
+        if stopping:
+            _shutdown(resp)
+        events = 0
+        lines = LineSplitter(s.max_event_bytes)
+        try:
+            while not self._stop.is_set():
+                data = resp.read1(_READ_SIZE)
+                if not data:
+                    break  # the server ended the watch (timeoutSeconds)
+                for line in lines.feed(data):
+                    if line.strip():
+                        events += self._event(line, rv)
+                if lines.oversized:
+                    self._count("event_too_large", lines.oversized)
+                    log.warning("kube: skipped a watch event over %d bytes", s.max_event_bytes)
+                    lines.oversized = 0
+                if time.monotonic() > deadline:
+                    text = f"watch still open {asked + s.idle_timeout_s:.0f}s after it began"
+                    raise _LoopError("watch_deadline", text)
         finally:
             with self._cond:
                 self._resp = None
+            _shutdown(resp)
             with contextlib.suppress(Exception):
-                stream.close()  # runs the client's finally: closes the response
+                resp.release_conn()
         return events, time.monotonic() - started, asked
+
+    def _event(self, line: bytes, rv: str) -> int:
+        """Apply one watch line; a line that is not an event is skipped and counted. Returns 1 if applied."""
+        event = parse_event(line)
+        if event is None or (event["type"] not in _EVENT_TYPES and event["type"] != "ERROR"):
+            self._count("event_malformed")
+            log.debug("kube: skipped a watch line that is not an event (%d bytes)", len(line))
+            return 0
+        if event["type"] == "ERROR":
+            status = event["object"]
+            if status.get("code") == 410:
+                raise _Expired(f"watch from resourceVersion {rv}: {status.get('reason') or 'Expired'}")
+            raise _LoopError("watch_error_event", f"watch ERROR event: {status.get('code')} {status.get('reason')}")
+        self._apply(event)
+        return 1
 
     def _apply(self, event: Mapping[str, Any]) -> None:
         """Apply one watch event to the store and advance the resourceVersion."""
         kind = str(event.get("type", ""))
-        obj = _dict(event.get("raw_object", event.get("object")))
+        obj = _dict(event.get("object"))
         rv = _dict(obj.get("metadata")).get("resourceVersion")
         rv = rv if isinstance(rv, str) and rv else None
         with self._cond:
@@ -509,10 +673,7 @@ class KubeMetadata:
             pass
         elif kind in {"ADDED", "MODIFIED"}:
             meta = self._parse(obj)
-            if meta is None:
-                with self._cond:
-                    self._bad += 1
-            else:
+            if meta is not None:
                 self._put(meta)
         elif kind == "DELETED":
             uid = _dict(obj.get("metadata")).get("uid")
@@ -527,7 +688,7 @@ class KubeMetadata:
         with self._cond:
             old = self._pods.get(meta.uid)
             if old is None and len(self._pods) >= self.settings.max_pods:
-                self._dropped += 1
+                self._by_kind["pod_dropped"] += 1
                 return
             if old is not None:
                 for cid in _ids(old):
@@ -545,13 +706,20 @@ class KubeMetadata:
                         del self._by_container[cid]
 
     def _parse(self, obj: Any) -> PodMeta | None:
+        """A pod object -> PodMeta, or None (counted) when it is not one."""
         if not isinstance(obj, Mapping):
+            self._count("pod_malformed")
             return None
         try:
-            return parse_pod(obj, replicaset_owner=self._replicaset_owner(obj))
-        except (ValueError, TypeError, KeyError) as exc:
+            meta = parse_pod(obj, replicaset_owner=self._replicaset_owner(obj))
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            self._count("pod_malformed")
             log.debug("kube: skipping a malformed pod: %s", exc)
             return None
+        if meta.over_budget:
+            self._count("pod_spec_over_budget")
+            log.info("kube: pod %s/%s: GOMAXPROCS/GODEBUG expansion over budget, left unresolved", *meta.key)
+        return meta
 
     def _replicaset_owner(self, pod: Obj) -> tuple[str, str] | None:
         """The ReplicaSet's own controller, by GET (cached by RS UID), when enabled and allowed."""
