@@ -76,6 +76,7 @@ class _Watcher:
     cursor: int = 0
     drop: bool = False
     raw: list[bytes] = field(default_factory=list)  # bytes to write as they are
+    next_bookmark: float = float("inf")  # when the next periodic bookmark is due
 
 
 def status_object(code: int, reason: str, message: str) -> Obj:
@@ -338,6 +339,11 @@ class FakeKubeAPI:
             self._cond.notify_all()
             return len(self._watchers)
 
+    def pending_raw(self) -> int:
+        """Bytes given to inject() not yet written to their streams."""
+        with self._cond:
+            return sum(len(d) for w in self._watchers for d in w.raw)
+
     def send_bookmark(self) -> None:
         with self._cond:
             for w in self._watchers:
@@ -486,7 +492,7 @@ class FakeKubeAPI:
             h.end_stream()
             return
         me = _Watcher(bookmarks=bookmarks)
-        next_bookmark = time.monotonic() + (self.bookmark_interval or float("inf"))
+        me.next_bookmark = time.monotonic() + (self.bookmark_interval or float("inf"))
         pending: list[bytes] = []
         with self._cond:
             if raw_rv in {"", "0"}:
@@ -508,13 +514,13 @@ class FakeKubeAPI:
                             or me.bookmark_wanted
                             or bool(me.raw)
                             or self._rv > me.cursor
-                            or time.monotonic() >= min(deadline, next_bookmark)
+                            or time.monotonic() >= min(deadline, me.next_bookmark)
                         ),
                         timeout=max(0.0, min(deadline - time.monotonic(), 0.25)),
                     )
-                    if bookmarks and time.monotonic() >= next_bookmark:
+                    if bookmarks and time.monotonic() >= me.next_bookmark:
                         me.bookmark_wanted = True
-                        next_bookmark = time.monotonic() + (self.bookmark_interval or float("inf"))
+                        me.next_bookmark = time.monotonic() + (self.bookmark_interval or float("inf"))
                     if self._stopping:
                         return
                     if h.client_gone():

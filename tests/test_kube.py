@@ -487,7 +487,8 @@ def test_parse_real_pod() -> None:
         ("ledger", False, False, 2.0, 2.0),
     ]
     migrate, envoy, ledger = pod.containers
-    assert migrate.container_id == "1" * 64 and migrate.gomaxprocs == EnvSource(SourceKind.LITERAL, value="1", resolved=1)
+    assert migrate.container_id == "1" * 64
+    assert migrate.gomaxprocs == EnvSource(SourceKind.LITERAL, value="1", resolved=1)
     assert envoy.container_id == "2" * 64 and envoy.gomaxprocs is None
     assert ledger.container_id == "4" * 64 and ledger.previous_ids == ("3" * 64,)
     assert ledger.gomaxprocs == EnvSource(SourceKind.RESOURCE_FIELD_REF, resource="limits.cpu", resolved=2)
