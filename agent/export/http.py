@@ -18,9 +18,11 @@ import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from agent.export.safe import from_path_segment, path_segment
 
 
 @dataclass
@@ -49,6 +51,11 @@ class Health:
 
 
 ProfileKey = tuple[str, str, str]
+
+
+def profile_path(key: ProfileKey) -> str:
+    """The URL that serves ``key``: each segment made safe, so every listed path is fetchable."""
+    return "/profiles/" + "/".join(path_segment(part) for part in key)
 
 
 class ProfileStore:
@@ -104,16 +111,16 @@ def _handler(registry: CollectorRegistry, health: Health, profiles: ProfileStore
                     self._send(HTTPStatus.OK, b"ok\n")
             elif path == "/profiles":
                 listing = [
-                    {"namespace": ns, "pod": pod, "container": c, "path": f"/profiles/{ns or '-'}/{pod or '-'}/{c}"}
+                    {"namespace": ns, "pod": pod, "container": c, "path": profile_path((ns, pod, c))}
                     for ns, pod, c in profiles.available()
                 ]
                 self._send(HTTPStatus.OK, json.dumps(listing, indent=1).encode(), "application/json")
             elif path.startswith("/profiles/"):
-                parts = [unquote(p) for p in path.split("/")[2:]]
+                parts = [from_path_segment(p) for p in path.split("/")[2:]]
                 if len(parts) != 3:
                     self._send(HTTPStatus.NOT_FOUND, b"use /profiles/<namespace>/<pod>/<container>\n")
                     return
-                ns, pod, c = ("" if p == "-" else p for p in parts)
+                ns, pod, c = parts
                 body = profiles.get((ns, pod, c))
                 if body is None:
                     self._send(HTTPStatus.NOT_FOUND, b"no profile for that container in the latest window\n")

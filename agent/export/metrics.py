@@ -32,6 +32,7 @@ from agent import __version__
 from agent.analysis.goruntime import CATEGORIES, Category
 from agent.analysis.model import GoProcessReport
 from agent.analysis.verdict import MISCONFIGURED
+from agent.export.safe import label
 
 Labels = tuple[str, str, str]  # namespace, pod, container
 SERIES_PER_CONTAINER = 9  # 4 categories, 3 gauges, info, misconfigured
@@ -55,9 +56,10 @@ METRIC_NAMES = (
 
 
 def labels_of(r: GoProcessReport) -> Labels:
+    """The row's series labels, made safe once here (a tenant names its pod, cgroup and process)."""
     if r.pod:
-        return (r.namespace or "", r.pod, r.container or "")
-    return ("", "", r.workload)
+        return (label(r.namespace), label(r.pod), label(r.container))
+    return ("", "", label(r.workload))
 
 
 @dataclass
@@ -108,7 +110,7 @@ class AgentMetrics(Collector):
                 c.recommended = worst.recommended_gomaxprocs
                 c.limit = worst.cpu_limit_cores
                 c.misconfigured = {str(r.verdict) for r in group if r.verdict in MISCONFIGURED}
-                c.info = (worst.go_version or "", worst.gomaxprocs_source)
+                c.info = (label(worst.go_version), label(worst.gomaxprocs_source))
                 c.last_seen = now
                 c.busy = busy
             for key in [k for k, c in self._containers.items() if now - c.last_seen > self.stale_after_s]:
@@ -138,7 +140,7 @@ class AgentMetrics(Collector):
     def set_bpf(self, up: bool, reason: str = "") -> None:
         with self._lock:
             self.bpf_up = 1 if up else 0
-            self.bpf_reason = reason
+            self.bpf_reason = label(reason)
 
     # ---- reader (scrape thread) ----------------------------------------------------------------
     def _capped(self) -> list[tuple[Labels, _Container]]:

@@ -16,6 +16,7 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from agent.analysis.attribution import ProcessProfile
+from agent.export.safe import utf8
 from agent.gobinary.pclntab import Frame
 
 _T = descriptor_pb2.FieldDescriptorProto
@@ -112,6 +113,7 @@ class _Strings:
         self._index: dict[str, int] = {"": 0}
 
     def __call__(self, s: str) -> int:
+        s = utf8(s)  # protobuf strings must be UTF-8; a tenant's path or name may not be
         i = self._index.get(s)
         if i is None:
             i = len(self.table)

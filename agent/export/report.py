@@ -1,9 +1,14 @@
-"""Render a scan: a rich table for people, JSON for tools, folded stacks, pprof files."""
+"""Render a scan: a rich table for people, JSON for tools, folded stacks, pprof files.
+
+Every string a tenant controls (names, paths, versions, function names, the spec's
+GOMAXPROCS text inside explanations) goes through agent.export.safe for its destination;
+the terminal gets rich ``Text`` objects, never markup.
+"""
 
 from __future__ import annotations
 
 import json
-import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -14,6 +19,7 @@ from rich.text import Text
 from agent.analysis.goruntime import Category
 from agent.analysis.model import GoProcessReport, ScanResult
 from agent.analysis.verdict import MISCONFIGURED, Verdict
+from agent.export import safe
 from agent.export.pprof import ProfilePart, build_profile, write_profile
 
 _VERDICT_STYLE = {
@@ -35,6 +41,11 @@ def worst_first(rows: list[GoProcessReport]) -> list[GoProcessReport]:
 
 def _pct(x: float) -> str:
     return f"{x * 100:.0f}%"
+
+
+def _cell(value: str | None, limit: int = 80) -> Text:
+    """A table cell from a tenant's string: escaped, capped, and a Text so rich reads no markup."""
+    return Text(safe.text(value, limit))
 
 
 def render_table(result: ScanResult, out: TextIO, *, width: int | None = None) -> None:
@@ -64,12 +75,12 @@ def render_table(result: ScanResult, out: TextIO, *, width: int | None = None) -
     rows = worst_first(result.go)
     for r in rows:
         table.add_row(
-            r.workload,
+            _cell(r.workload),
             str(r.pid),
-            (r.go_version or "?").removeprefix("go"),
+            _cell((r.go_version or "?").removeprefix("go"), 24),
             "none" if r.cpu_limit_cores is None else f"{r.cpu_limit_cores:g}",
             "?" if r.gomaxprocs is None else str(r.gomaxprocs),
-            r.gomaxprocs_source,
+            _cell(r.gomaxprocs_source),
             f"{r.cpu_seconds:.2f}",
             _pct(r.shares.get(Category.SCHEDULER, 0.0)),
             _pct(r.shares.get(Category.GC, 0.0)),
@@ -85,33 +96,29 @@ def render_table(result: ScanResult, out: TextIO, *, width: int | None = None) -
         console.print("No Go process used CPU during the scan.")
     for r in rows:
         if r.verdict in MISCONFIGURED or r.verdict == Verdict.UNKNOWN:
-            console.print(Text(f"{r.workload} (pid {r.pid}): ", style="bold"), end="")
-            console.print(r.explanation)
+            console.print(Text(f"{safe.text(r.workload, 200)} (pid {r.pid}): ", style="bold"), end="")
+            console.print(_cell(r.explanation, safe.MAX_TEXT))
             if r.fix:
-                console.print(f"  fix: {r.fix}")
+                console.print(Text("  fix: ") + _cell(r.fix, safe.MAX_TEXT))
     other = result.other
     if other.samples:
-        busiest = ", ".join(f"{comm} ({n})" for comm, n in other.top[:5])
-        console.print(f"Non-Go: {other.processes} process(es), {other.samples} samples; busiest: {busiest}")
+        busiest = ", ".join(f"{safe.text(comm, 64)} ({n})" for comm, n in other.top[:5])
+        console.print(Text(f"Non-Go: {other.processes} process(es), {other.samples} samples; busiest: {busiest}"))
     lost = {k: v for k, v in result.lost.items() if v}
     if lost or result.exited_samples:
         console.print(f"Lost samples: {lost or 'none'}; from processes that exited: {result.exited_samples}")
     for err in result.errors:
-        console.print(f"[yellow]warning:[/yellow] {err}")
+        console.print(Text("warning: ", style="yellow") + _cell(err, safe.MAX_TEXT))
 
 
 def to_json(result: ScanResult) -> list[dict[str, Any]]:
     window = {"start_monotonic": round(result.window[0], 6), "end_monotonic": round(result.window[1], 6)}
-    return [{**r.to_json(), "window": window} for r in worst_first(result.go)]
+    return [safe.json_tree({**r.to_json(), "window": window}) for r in worst_first(result.go)]
 
 
 def write_json(result: ScanResult, out: TextIO) -> None:
     json.dump(to_json(result), out, indent=2)
     out.write("\n")
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "process"
 
 
 def write_pprof(result: ScanResult, directory: Path) -> list[Path]:
@@ -135,15 +142,23 @@ def write_pprof(result: ScanResult, directory: Path) -> list[Path]:
             duration_ns=round(result.duration_s * 1e9),
             labels=labels,
         )
-        path = directory / f"{_safe(r.workload)}-{r.pid}.pb.gz"
+        path = directory / f"{safe.filename(r.workload)}-{r.pid}.pb.gz"
         write_profile(str(path), prof)
         written.append(path)
     return written
 
 
+def folded_stacks(r: GoProcessReport) -> Counter[str]:
+    """One process's stacks as folded lines (root first), every frame made safe to fold."""
+    out: Counter[str] = Counter()
+    for stack, n in r.profile.stacks.items():
+        out[";".join(safe.folded_frame(f.function) for f in reversed(r.profile.frames_of(stack)))] += n
+    return out
+
+
 def write_folded(result: ScanResult, out: TextIO) -> None:
     """Folded stacks, prefixed by workload and pid so one file holds them all."""
     for r in worst_first(result.go):
-        prefix = f"{_safe(r.workload)};pid {r.pid}"
-        for stack, n in sorted(r.profile.folded().items()):
+        prefix = f"{safe.folded_frame(r.workload)};pid {r.pid}"
+        for stack, n in sorted(folded_stacks(r).items()):
             out.write(f"{prefix};{stack} {n}\n")
