@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent import cli
+from agent.export.kubemetrics import KUBE_METRIC_NAMES
 from agent.export.metrics import METRIC_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def test_readme_commands_parse(command: str) -> None:
 def test_metric_table_is_the_contract() -> None:
     table = _section("### Metrics")
     documented = set(re.findall(r"\| `(node_agent_[a-z_]+)` \|", table))
-    assert documented == set(METRIC_NAMES)
+    assert documented == set(METRIC_NAMES) | set(KUBE_METRIC_NAMES)
 
 
 def test_run_flag_table_matches_the_parser() -> None:
@@ -91,7 +92,7 @@ def test_quick_start_is_the_two_scripts_ci_runs() -> None:
     blocks = re.findall(r"```sh\n(.*?)```", quick, re.DOTALL)
     assert [b.strip() for b in blocks] == ["./scripts/demo.sh", "./scripts/test.sh"]
     assert "exec ./scripts/test.sh" in (REPO / ".ci" / "run").read_text()
-    assert "node-agent\" demo" in (REPO / "scripts" / "demo.sh").read_text()
+    assert 'node-agent" demo' in (REPO / "scripts" / "demo.sh").read_text()
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:

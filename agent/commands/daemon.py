@@ -24,21 +24,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
 from agent.analysis.attribution import ProcessProfile
 from agent.analysis.model import GoProcessReport, ScanResult
-from agent.analysis.pipeline import KubeSource, Pipeline
+from agent.analysis.pipeline import Pipeline
 from agent.commands.scan import ScanConfig, sampler_config
 from agent.errors import BPFUnavailableError, NodeAgentError
 from agent.export.http import AgentHTTPServer, Health, ProfileKey, ProfileStore
+from agent.export.kubemetrics import KubeErrorCounter, KubeWatchCollector
 from agent.export.metrics import AgentMetrics, labels_of
 from agent.export.pprof import ProfilePart, build_profile
 from agent.gobinary.symbolizer import BinaryCache
 from agent.host.cgroupsource import HostCgroups
 from agent.host.procfs import ProcFS
 from agent.sampling.sampler import Sampler
+
+if TYPE_CHECKING:
+    from agent.kube.watch import KubeMetadata
 
 log = logging.getLogger("node_agent")
 
@@ -62,7 +67,7 @@ class Daemon:
         self,
         cfg: DaemonConfig,
         *,
-        kube: KubeSource | None = None,
+        kube: KubeMetadata | None = None,
         sampler_factory: Callable[[], Sampler] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -71,6 +76,10 @@ class Daemon:
         self.metrics = AgentMetrics(max_series=cfg.max_series)
         self.registry.register(self.metrics)
         self.health = Health(stall_after_s=max(300.0, cfg.interval_s * 10))
+        self._kube_errors = KubeErrorCounter()
+        if kube is not None:  # the watcher's health: metrics, and a line in /readyz (never a reason to be unready)
+            self.registry.register(KubeWatchCollector(kube.status))
+            self.health.notes = kube.readiness_notes
         self.profiles = ProfileStore()
         self.pipeline = Pipeline(
             ProcFS(cfg.host_root / "proc"),
@@ -161,6 +170,8 @@ class Daemon:
             self.pipeline.begin_window()
             for kind, n in self.pipeline.stats.errors.items():
                 self.metrics.count_error(kind, n)
+            if self.kube is not None:
+                self._kube_errors.publish(self.kube.status().errors_by_kind, self.metrics.count_error)
             self.pipeline.stats.errors.clear()
             self.metrics.update(result.go)
             self.metrics.record_cycle(time.monotonic() - t0, drain.busy_samples, drain.lost)

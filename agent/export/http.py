@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from agent.export.safe import from_path_segment, path_segment
+from agent.export.safe import from_path_segment, path_segment, text
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Health:
     """What the probes report; written by the daemon loop."""
 
     ready_reason: str = "starting"  # "" when ready
+    notes: Callable[[], list[str]] | None = None  # lines /readyz adds either way (the pod watch's health)
     last_cycle: float = field(default_factory=time.monotonic)
     stall_after_s: float = 300.0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -105,10 +107,11 @@ def _handler(registry: CollectorRegistry, health: Health, profiles: ProfileStore
                 self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, (why + "\n").encode())
             elif path == "/readyz":
                 reason = health.ready_reason
+                notes = "".join(text(n, 1024) + "\n" for n in (health.notes() if health.notes else []))
                 if reason:
-                    self._send(HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {reason}\n".encode())
+                    self._send(HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {reason}\n{notes}".encode())
                 else:
-                    self._send(HTTPStatus.OK, b"ok\n")
+                    self._send(HTTPStatus.OK, f"ok\n{notes}".encode())
             elif path == "/profiles":
                 listing = [
                     {"namespace": ns, "pod": pod, "container": c, "path": profile_path((ns, pod, c))}
