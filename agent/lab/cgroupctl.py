@@ -72,6 +72,11 @@ def set_limit(path: Path, version: int, cores: float | None, period_us: int = PE
         write_file(path / fname, text)
 
 
+def set_memory_limit(path: Path, version: int, limit_bytes: int) -> None:
+    """A hard memory limit on the cgroup at ``path``, as a pod's limits.memory sets (the OOM killer's line)."""
+    write_file(path / ("memory.limit_in_bytes" if version == 1 else "memory.max"), str(limit_bytes))
+
+
 def make_cgroup(path: Path) -> Path:
     try:
         path.mkdir()

@@ -9,19 +9,44 @@ consumer (promtool, json, a terminal, a folded-stack reader) accepts as intended
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import random
+import shutil
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from agent.export import safe
 from agent.kube.spec import SourceKind
 from agent.kube.watch import KubeMetadata, WatchSettings
+from agent.lab.cgroupctl import remove_cgroup
+from tests.capabilities import need
 from tests.fakeapi import FakeKubeAPI, make_container, make_pod, uid_of
+from tests.hostile.tenants import (
+    HOSTILE_COMMS,
+    MARKUP_COMM,
+    forge_binary,
+    hostile_names,
+    manifest_memory_limit,
+    memory_cgroup,
+    memory_peak,
+    mib,
+    named_busy_process,
+    oom_kills,
+)
+from tests.test_daemon_kube import kubeconfig
+from tests.test_e2e_prometheus import free_port, get, wait_for
+from tests.workloads import V1_CPU, Cgroup, build_demo, load, need_v1_cpu_cgroup, service
 
 WAIT = 20.0
 FAST = WatchSettings(
@@ -176,3 +201,229 @@ def test_pod_spec_env_doubling_bomb_through_the_watch_is_counted_not_expanded(ap
     assert kube.status().errors_by_kind.get("pod_spec_over_budget") == 1
     ok = kube.lookup(uid_of(11), f"{11 * 100:064x}")
     assert ok is not None and ok.spec_gomaxprocs is not None and ok.spec_gomaxprocs.resolved == 4
+
+
+# =============================================================================================
+# The real daemon and a real scan, on a node of hostile tenants
+# =============================================================================================
+@dataclass
+class Node:
+    """What one run of the real daemon (and one `scan`) next to hostile tenants produced."""
+
+    limit: int  # the manifest's memory limit, the daemon's cgroup limit
+    peak: int  # the daemon cgroup's memory high-water mark
+    oom_kills: int
+    alive: bool
+    exit_code: int | None
+    metrics: bytes  # the last /metrics body
+    readyz: tuple[int, bytes]
+    profiles: list[tuple[dict[str, str], int, bytes]]  # listing entry, status, body
+    log: str
+    scan_code: int
+    scan_table: str
+    scan_stderr: str
+    folded: str
+    honest: dict[str, str]  # the honest pod's labels
+
+
+def _samples(body: bytes) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(body.decode("utf-8")):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def _value(body: bytes, name: str, **labels: str) -> float | None:
+    got = [v for lbl, v in _samples(body).get(name, []) if lbl.items() >= labels.items()]
+    return got[0] if got else None
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    need_v1_cpu_cgroup()
+    limit = manifest_memory_limit()
+    tmp = tmp_path_factory.mktemp("hostile")
+    demo = build_demo()
+    forged = forge_binary(demo, tmp / "forged-demo")
+    names = tmp / "names"
+    names.mkdir()
+    links = hostile_names(forged, names)
+    n = 4343
+    honest = make_pod(
+        "web-5f6d7c8b9-honest",
+        n=n,
+        node="node-a",
+        namespace="shop",
+        owner=("ReplicaSet", "web-5f6d7c8b9"),
+        labels={"app": "web", "pod-template-hash": "5f6d7c8b9"},
+        containers=[make_container("app", limits={"cpu": "1"}, env=[{"name": "GOMAXPROCS", "value": "64"}])],
+    )
+    root = V1_CPU / f"node-agent-test-{os.getpid()}-hostile"
+    pod_dir = root / "kubepods" / "burstable" / f"pod{uid_of(n)}"
+    ctr_dir = pod_dir / f"{n * 100:064x}"
+    port = free_port()
+    log_path = tmp / "agent.log"
+    try:
+        ctr_dir.mkdir(parents=True)
+        Cgroup(pod_dir).set_limit(1.0)
+        with contextlib.ExitStack() as stack:
+            api = stack.enter_context(FakeKubeAPI(bookmark_interval=5.0))
+            api.create_pod(honest)
+            api.create_pod(bomb_pod(90, "bomb-listed"))  # seen by the first list
+            svc = stack.enter_context(service(demo, Cgroup(ctr_dir), {"GOMAXPROCS": "64"}))
+            stack.enter_context(load(demo, svc.url, 90, concurrency=2))
+            for link in links:  # in the root cgroup: their label is their process name
+                bad = stack.enter_context(service(link, Cgroup(V1_CPU), {"GOMAXPROCS": "3"}))
+                stack.enter_context(load(demo, bad.url, 90, concurrency=2))
+            mem = stack.enter_context(memory_cgroup(limit))
+            cfg = kubeconfig(tmp / "kubeconfig", api.url)
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "--interval", "3", "--listen", f"127.0.0.1:{port}",
+                 "--node-name", "node-a"],
+                env={**os.environ, "KUBECONFIG": str(cfg)},
+                preexec_fn=lambda: (mem / "cgroup.procs").write_text(str(os.getpid())),  # noqa: PLW1509
+                stdout=subprocess.DEVNULL,
+                stderr=stack.enter_context(open(log_path, "wb")),
+            )  # fmt: skip
+            try:
+                labels = {"namespace": "shop", "pod": "web-5f6d7c8b9-honest", "container": "app"}
+                hostile_labels = {safe.label(os.fsdecode(name)[:15]) for name in HOSTILE_COMMS}
+
+                def all_seen() -> bytes | None:
+                    status, body = get(f"http://127.0.0.1:{port}/metrics")
+                    if status != 200:
+                        return None
+                    seen = {lbl.get("container") for lbl, _ in _samples(body).get("node_agent_go_gomaxprocs", [])}
+                    flagged = _value(body, "node_agent_go_misconfigured", **labels)
+                    return body if flagged and hostile_labels <= seen else None
+
+                wait_for(all_seen, 150, "the honest pod flagged and every hostile process exported")
+                # now through the watch: another bomb, and lines that are not events
+                api.create_pod(bomb_pod(91, "bomb-watched"))
+                api.inject(b"not an event\n" + b'{"type":"ADDED","object":"x"}\n')
+
+                def counted() -> bytes | None:
+                    _, body = get(f"http://127.0.0.1:{port}/metrics")
+                    over = _value(body, "node_agent_errors_total", kind="kube_pod_spec_over_budget") or 0
+                    skipped = _value(body, "node_agent_errors_total", kind="kube_event_malformed") or 0
+                    return body if over >= 2 and skipped >= 2 else None
+
+                metrics = wait_for(counted, 60, "the watched bomb and the bad lines counted")
+                with named_busy_process(MARKUP_COMM, 60):
+                    scan = subprocess.run(
+                        [sys.executable, "-m", "agent", "scan", "--duration", "4", "--folded", str(tmp / "folded.txt")],
+                        check=False, capture_output=True, timeout=240,
+                    )  # fmt: skip
+                readyz = get(f"http://127.0.0.1:{port}/readyz")
+                _, listing = get(f"http://127.0.0.1:{port}/profiles")
+                profiles = []
+                for entry in json.loads(listing):
+                    status, body = get(f"http://127.0.0.1:{port}{entry['path']}")
+                    profiles.append((entry, status, body))
+                alive = agent.poll() is None
+                peak, kills = memory_peak(mem), oom_kills(mem)
+            finally:
+                agent.terminate()
+                agent.wait(30)
+    finally:
+        remove_cgroup(root)
+    yield Node(
+        limit=limit,
+        peak=peak,
+        oom_kills=kills,
+        alive=alive,
+        exit_code=agent.returncode,
+        metrics=metrics,
+        readyz=readyz,
+        profiles=profiles,
+        log=log_path.read_text(errors="replace"),
+        scan_code=scan.returncode,
+        scan_table=scan.stdout.decode("utf-8"),
+        scan_stderr=scan.stderr.decode("utf-8", "replace"),
+        folded=(tmp / "folded.txt").read_text() if (tmp / "folded.txt").exists() else "",
+        honest=labels,
+    )
+
+
+@pytest.mark.bpf
+@pytest.mark.cgroup
+@pytest.mark.slow
+def test_pod_spec_env_doubling_bomb_does_not_oom_the_daemon(node: Node) -> None:
+    assert node.alive and node.exit_code == 0, node.log[-3000:]
+    assert node.oom_kills == 0 and node.peak < node.limit, f"peak {mib(node.peak)} of {mib(node.limit)}"
+    assert (_value(node.metrics, "node_agent_errors_total", kind="kube_pod_spec_over_budget") or 0) >= 2
+    assert _value(node.metrics, "node_agent_kube_synced") == 1
+    assert "Traceback" not in node.log, node.log[-3000:]
+
+
+@pytest.mark.bpf
+@pytest.mark.cgroup
+@pytest.mark.slow
+def test_malformed_watch_events_are_counted_by_the_daemon_and_it_stays_ready(node: Node) -> None:
+    assert (_value(node.metrics, "node_agent_errors_total", kind="kube_event_malformed") or 0) >= 2
+    status, body = node.readyz
+    assert status == 200 and b"kubernetes: watching, synced" in body, body
+
+
+@pytest.mark.bpf
+@pytest.mark.cgroup
+@pytest.mark.slow
+def test_non_utf8_and_escape_comms_never_fail_a_scrape(node: Node) -> None:
+    promtool = shutil.which("promtool")
+    need(promtool is not None, "promtool (scripts/setup.sh installs prometheus)")
+    assert promtool is not None
+    check = subprocess.run([promtool, "check", "metrics"], check=False, input=node.metrics, capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    containers = {lbl["container"] for lbl, _ in _samples(node.metrics)["node_agent_go_gomaxprocs"]}
+    assert {"\\xff\\xfebad-utf8", "[red]mark", "\\x1b[2Jesc"} <= containers
+    for name in ("\\xff\\xfebad-utf8", "[red]mark", "\\x1b[2Jesc"):  # judged like anyone else: GOMAXPROCS=3, no limit
+        assert _value(node.metrics, "node_agent_go_gomaxprocs", container=name) == 3
+
+
+@pytest.mark.bpf
+@pytest.mark.cgroup
+@pytest.mark.slow
+def test_honest_pod_next_to_hostile_tenants_is_still_judged_correctly(node: Node) -> None:
+    assert _value(node.metrics, "node_agent_go_gomaxprocs", **node.honest) == 64
+    assert _value(node.metrics, "node_agent_go_gomaxprocs_recommended", **node.honest) == 2
+    assert _value(node.metrics, "node_agent_container_cpu_limit_cores", **node.honest) == 1.0
+    reason = {"reason": "gomaxprocs_above_limit"}
+    assert _value(node.metrics, "node_agent_go_misconfigured", **node.honest, **reason) == 1
+
+
+@pytest.mark.bpf
+@pytest.mark.cgroup
+@pytest.mark.slow
+def test_every_listed_profile_path_is_fetchable_with_hostile_names(node: Node) -> None:
+    assert len(node.profiles) >= 4
+    for entry, status, body in node.profiles:
+        assert status == 200 and body[:2] == b"\x1f\x8b", entry
+
+
+@pytest.mark.bpf
+@pytest.mark.cgroup
+@pytest.mark.slow
+def test_rich_markup_and_escape_comms_do_not_crash_or_reach_the_scan_table(node: Node) -> None:
+    assert node.scan_code == 0, node.scan_stderr[-3000:]
+    for shown in ("[/x]", "[red]mark", "\\x1b[2Jesc", "\\xff\\xfebad-utf8"):  # as text, not markup or bytes
+        assert shown in node.scan_table, (shown, node.scan_table)
+    assert "\x1b" not in node.scan_table
+
+
+@pytest.mark.bpf
+@pytest.mark.cgroup
+@pytest.mark.slow
+def test_function_name_with_newline_cannot_forge_folded_records(node: Node) -> None:
+    lines = node.folded.splitlines()
+    assert lines, node.scan_stderr[-2000:]
+    workloads = {safe.folded_frame(safe.text(os.fsdecode(n)[:15])) for n in HOSTILE_COMMS}
+    forged_frames = 0
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        assert count.isdigit() and frames[1].startswith("pid "), line  # every record is a real one
+        forged_frames += "x\\nforged\\x3by 999" in frames
+        if frames[0] in workloads:
+            assert "main.transform" not in frames, line  # the forged binary's own name table was used
+    assert forged_frames > 0, "the forged function was never sampled"
