@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from agent.analysis.gomaxprocs import Facts, Gomaxprocs, go125_default, godebug_setting, infer, parse_env_gomaxprocs
+from agent.analysis.gomaxprocs import GomaxprocsSource as Src
 from agent.analysis.goruntime import Category
 from agent.analysis.verdict import Evidence, Verdict, judge, recommended_gomaxprocs
 from agent.kube.spec import EnvSource, SourceKind
@@ -36,7 +37,7 @@ def test_recommended(limit: float | None, cpus: int, expected: int | None) -> No
 
 def ev(g: int | None, limit: float | None, cpus: int = 64, **kw: Any) -> Evidence:
     return Evidence(
-        gomaxprocs=g, gomaxprocs_source="live", limit_cores=limit, affinity_cpus=cpus, shares=SH, samples=1000, **kw
+        gomaxprocs=g, gomaxprocs_source=Src.LIVE, limit_cores=limit, affinity_cpus=cpus, shares=SH, samples=1000, **kw
     )
 
 
@@ -96,25 +97,25 @@ def facts(**kw: object) -> Facts:
 @pytest.mark.parametrize(
     ("kw", "expected"),
     [
-        ({}, Gomaxprocs(64, "inferred:cpus")),
-        ({"env_gomaxprocs": "8"}, Gomaxprocs(8, "inferred:env")),
-        ({"env_gomaxprocs": "0"}, Gomaxprocs(64, "inferred:cpus")),  # ignored by Go
-        ({"env_gomaxprocs": "x"}, Gomaxprocs(64, "inferred:cpus")),
-        ({"automaxprocs": True, "leaf_limit": 2.7}, Gomaxprocs(2, "inferred:automaxprocs")),
-        ({"automaxprocs": True, "leaf_limit": 0.5}, Gomaxprocs(1, "inferred:automaxprocs")),
-        ({"automaxprocs": True, "leaf_limit": None}, Gomaxprocs(64, "inferred:automaxprocs")),
-        ({"automaxprocs": True, "env_gomaxprocs": "3"}, Gomaxprocs(3, "inferred:env")),
-        ({"go_version": (1, 25, 0)}, Gomaxprocs(2, "inferred:go125-cgroup")),
-        ({"go_version": (1, 25, 0), "leaf_limit": 3.2}, Gomaxprocs(4, "inferred:go125-cgroup")),
-        ({"go_version": (1, 25, 0), "leaf_limit": None}, Gomaxprocs(64, "inferred:go125-cgroup")),
-        ({"go_version": (1, 25, 0), "default_godebug": "containermaxprocs=0,x=1"}, Gomaxprocs(64, "inferred:cpus")),
+        ({}, Gomaxprocs(64, Src.CPUS)),
+        ({"env_gomaxprocs": "8"}, Gomaxprocs(8, Src.ENV)),
+        ({"env_gomaxprocs": "0"}, Gomaxprocs(64, Src.CPUS)),  # ignored by Go
+        ({"env_gomaxprocs": "x"}, Gomaxprocs(64, Src.CPUS)),
+        ({"automaxprocs": True, "leaf_limit": 2.7}, Gomaxprocs(2, Src.AUTOMAXPROCS)),
+        ({"automaxprocs": True, "leaf_limit": 0.5}, Gomaxprocs(1, Src.AUTOMAXPROCS)),
+        ({"automaxprocs": True, "leaf_limit": None}, Gomaxprocs(64, Src.AUTOMAXPROCS)),
+        ({"automaxprocs": True, "env_gomaxprocs": "3"}, Gomaxprocs(3, Src.ENV)),
+        ({"go_version": (1, 25, 0)}, Gomaxprocs(2, Src.GO125_CGROUP)),
+        ({"go_version": (1, 25, 0), "leaf_limit": 3.2}, Gomaxprocs(4, Src.GO125_CGROUP)),
+        ({"go_version": (1, 25, 0), "leaf_limit": None}, Gomaxprocs(64, Src.GO125_CGROUP)),
+        ({"go_version": (1, 25, 0), "default_godebug": "containermaxprocs=0,x=1"}, Gomaxprocs(64, Src.CPUS)),
         (
             {"go_version": (1, 25, 0), "default_godebug": "containermaxprocs=0", "env_godebug": "containermaxprocs=1"},
-            Gomaxprocs(2, "inferred:go125-cgroup"),
+            Gomaxprocs(2, Src.GO125_CGROUP),
         ),
-        ({"go_version": (1, 27, 3), "env_godebug": "containermaxprocs=0"}, Gomaxprocs(64, "inferred:cpus")),
-        ({"go_version": (1, 24, 9)}, Gomaxprocs(64, "inferred:cpus")),
-        ({"go_version": None}, Gomaxprocs(64, "inferred:cpus")),
+        ({"go_version": (1, 27, 3), "env_godebug": "containermaxprocs=0"}, Gomaxprocs(64, Src.CPUS)),
+        ({"go_version": (1, 24, 9)}, Gomaxprocs(64, Src.CPUS)),
+        ({"go_version": None}, Gomaxprocs(64, Src.CPUS)),
     ],
 )
 def test_inference(kw: dict[str, object], expected: Gomaxprocs) -> None:

@@ -28,6 +28,7 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from agent.errors import NodeAgentError
 from agent.gobinary.symbolizer import GoBinary
@@ -38,10 +39,20 @@ MAX_PLAUSIBLE = 1 << 16  # Go caps nothing this high in practice; guards against
 _GO_INT = re.compile(r"-?[0-9]*")  # Go's runtime atoi: optional '-', ASCII digits, nothing else
 
 
+class GomaxprocsSource(StrEnum):
+    """How the value was had: read live, or inferred by the rule named (see the module docstring)."""
+
+    LIVE = "live"
+    ENV = "inferred:env"
+    AUTOMAXPROCS = "inferred:automaxprocs"
+    GO125_CGROUP = "inferred:go125-cgroup"
+    CPUS = "inferred:cpus"
+
+
 @dataclass(frozen=True)
 class Gomaxprocs:
     value: int | None
-    source: str  # "live", "inferred:<rule>", or "unknown"
+    source: GomaxprocsSource
     detail: str = ""
 
 
@@ -116,20 +127,20 @@ def go125_default(affinity_cpus: int, leaf_limit: float | None) -> int:
 def infer(f: Facts) -> Gomaxprocs:
     env = parse_env_gomaxprocs(f.env_gomaxprocs)
     if env is not None:
-        return Gomaxprocs(env, "inferred:env", f"GOMAXPROCS={env} in the environment")
+        return Gomaxprocs(env, GomaxprocsSource.ENV, f"GOMAXPROCS={env} in the environment")
     if f.automaxprocs and f.env_gomaxprocs is None:
         # automaxprocs reads only its own cgroup's quota, and sets nothing without one.
         if f.leaf_limit is None or f.leaf_limit <= 0:
-            return Gomaxprocs(f.affinity_cpus, "inferred:automaxprocs", "automaxprocs linked; no CPU quota")
+            return Gomaxprocs(f.affinity_cpus, GomaxprocsSource.AUTOMAXPROCS, "automaxprocs linked; no CPU quota")
         value = max(1, math.floor(f.leaf_limit))
-        return Gomaxprocs(value, "inferred:automaxprocs", f"automaxprocs: floor({f.leaf_limit:g}) = {value}")
+        return Gomaxprocs(value, GomaxprocsSource.AUTOMAXPROCS, f"automaxprocs: floor({f.leaf_limit:g}) = {value}")
     if f.go_version is not None and f.go_version >= (1, 25, 0):
         if containermaxprocs_enabled(f.env_godebug, f.default_godebug):
             value = go125_default(f.affinity_cpus, f.leaf_limit)
-            return Gomaxprocs(value, "inferred:go125-cgroup", "Go >= 1.25 container-aware default")
+            return Gomaxprocs(value, GomaxprocsSource.GO125_CGROUP, "Go >= 1.25 container-aware default")
         detail = "Go >= 1.25 but containermaxprocs off (GODEBUG or go.mod <= 1.24); CPU count"
-        return Gomaxprocs(f.affinity_cpus, "inferred:cpus", detail)
-    return Gomaxprocs(f.affinity_cpus, "inferred:cpus", "default: the CPUs the process may run on")
+        return Gomaxprocs(f.affinity_cpus, GomaxprocsSource.CPUS, detail)
+    return Gomaxprocs(f.affinity_cpus, GomaxprocsSource.CPUS, "default: the CPUs the process may run on")
 
 
 # ---- live ------------------------------------------------------------------------------------

@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.analysis.attribution import attribute
-from agent.analysis.gomaxprocs import Facts, Gomaxprocs, containermaxprocs_enabled, gomaxprocs_address, infer, read_live
+from agent.analysis.gomaxprocs import (
+    Facts,
+    Gomaxprocs,
+    GomaxprocsSource,
+    containermaxprocs_enabled,
+    gomaxprocs_address,
+    infer,
+    read_live,
+)
 from agent.analysis.model import GoProcessReport, OtherSummary, ScanResult
 from agent.analysis.verdict import Evidence, judge
 from agent.errors import BinaryError, NodeAgentError, NotGoError, ProcessGoneError
@@ -200,7 +208,7 @@ class Pipeline:
         if found is not None and bias is not None:
             try:
                 value = read_live(self.procfs.memory_reader(info.key), found[0] + bias)
-                return Gomaxprocs(value, "live", f"runtime.gomaxprocs via {found[1]}")
+                return Gomaxprocs(value, GomaxprocsSource.LIVE, f"runtime.gomaxprocs via {found[1]}")
             except (NodeAgentError, OSError) as exc:
                 why = f"memory unreadable: {exc}"
                 self.stats.errors["gomaxprocs_unreadable"] += 1

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
+from agent.analysis.gomaxprocs import GomaxprocsSource
 from agent.analysis.goruntime import Category
 from agent.kube.spec import EnvSource, SourceKind
 
@@ -43,7 +44,7 @@ class Judgement:
 @dataclass(frozen=True)
 class Evidence:
     gomaxprocs: int | None
-    gomaxprocs_source: str
+    gomaxprocs_source: GomaxprocsSource
     limit_cores: float | None
     affinity_cpus: int
     shares: dict[Category, float]
@@ -80,7 +81,8 @@ def _fix(e: Evidence, recommended: int) -> str:
             f"set GOMAXPROCS={recommended} (env from resourceFieldRef limits.cpu), or drop containermaxprocs=0 "
             "(GODEBUG, or a go.mod go directive <= 1.24) so Go's container-aware default applies"
         )
-    if e.gomaxprocs_source == "inferred:env" or (e.gomaxprocs_source == "live" and spec is not None):
+    source = e.gomaxprocs_source
+    if source is GomaxprocsSource.ENV or (source is GomaxprocsSource.LIVE and spec is not None):
         return f"set GOMAXPROCS={recommended}, e.g. env valueFrom.resourceFieldRef {{resource: limits.cpu}}"
     return (
         f"set env GOMAXPROCS from the Downward API (resourceFieldRef: limits.cpu) = {recommended}, "
