@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import threading
 import time
@@ -997,6 +998,33 @@ def test_outage_backs_off_then_recovers(api: FakeKubeAPI, watcher: Make) -> None
     assert kube.wait_until(lambda: uid_of(2) in kube.snapshot(), WAIT)
     assert kube.wait_until(lambda: kube.status().state == "watching", WAIT)
     assert kube.status().lists == 1  # resumed from its RV: nothing was compacted
+
+
+def test_outage_is_said_once_then_recovery(api: FakeKubeAPI, watcher: Make, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="agent.kube.watch")
+    kube = watcher(api, backoff_initial_s=0.02, backoff_cap_s=0.05)
+    _synced_watch(api, kube)
+    api.stop()
+    assert kube.wait_until(lambda: kube.status().errors >= 5, WAIT)
+    api.start()
+    assert api.wait_for(lambda: api.watchers() == 1, WAIT)
+    api.create_pod(make_pod("after-0", n=4))
+    assert kube.wait_until(lambda: uid_of(4) in kube.snapshot(), WAIT)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len([w for w in warnings if "retrying with backoff" in w]) == 1, warnings
+    assert "pods keep their last known metadata" in warnings[0]
+    assert len([w for w in warnings if "answers again" in w]) == 1, warnings
+    st = kube.status()
+    assert st.errors_by_kind.get("api_unreachable", 0) >= 5 and st.last_error_kind == "api_unreachable"
+
+
+def test_no_api_access_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="agent.kube.watch")
+    kube = KubeMetadata.disabled("NODE_NAME is not set").start()
+    assert [r.getMessage() for r in caplog.records] == [
+        "kube: off (NODE_NAME is not set); workloads are named by cgroup"
+    ]
+    assert kube.status().summary() == "kubernetes: off (NODE_NAME is not set); workloads are named by cgroup"
 
 
 def test_watch_is_renewed_on_timeout(api: FakeKubeAPI, watcher: Make) -> None:

@@ -405,7 +405,10 @@ class KubeMetadata:
 
     # ---- lifecycle --------------------------------------------------------------------------
     def start(self) -> KubeMetadata:
-        if self._configuration is None or self._thread is not None:
+        if self._configuration is None:
+            log.warning("kube: off (%s); workloads are named by cgroup", self._reason)
+            return self
+        if self._thread is not None:
             return self
         self._api = k8s.ApiClient(self._configuration)
         self._thread = threading.Thread(target=self._run, name=f"kube-watch-{self.node_name}", daemon=True)
@@ -530,6 +533,8 @@ class KubeMetadata:
 
     def _recovered(self) -> None:
         with self._cond:
+            if not self._outage:
+                return
             was, self._outage = self._outage, False
         if was:
             log.warning("kube: the API answers again")
@@ -658,6 +663,7 @@ class KubeMetadata:
             if status.get("code") == 410:
                 raise _Expired(f"watch from resourceVersion {rv}: {status.get('reason') or 'Expired'}")
             raise _LoopError("watch_error_event", f"watch ERROR event: {status.get('code')} {status.get('reason')}")
+        self._recovered()  # an event (a bookmark too) proves the API answers
         self._apply(event)
         return 1
 
