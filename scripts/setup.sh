@@ -10,10 +10,12 @@ CACHE="${NODE_AGENT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/node-agent}"
 GO_VERSIONS="${NODE_AGENT_GO_VERSIONS:-1.21.13 1.23.9 1.25.5 1.27.3}"
 APT_PACKAGES=(
   python3 python3-venv python3-bpfcc libbpfcc   # bcc comes from Debian, not PyPI
-  linux-headers-amd64                            # headers bcc compiles against
+  "linux-headers-$(dpkg --print-architecture)"  # headers bcc compiles against (this machine's arch)
   golang-1.19-go                                 # oldest toolchain under test
   prometheus                                     # prometheus + promtool for the e2e and rule tests
   binutils llvm linux-perf time                  # strip, llvm-symbolizer, perf, /usr/bin/time (oracles, anchors)
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross    # arm64 cgo test builds; brings aarch64-linux-gnu-strip/objdump
+  binutils-aarch64-linux-gnu qemu-user-static    # arm64 strip and objdump (decoder oracle); arm64 image build
   procps psmisc ca-certificates gcc libc6-dev   # gcc: cgo test builds
 )
 
