@@ -10,10 +10,12 @@ CACHE="${NODE_AGENT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/node-agent}"
 GO_VERSIONS="${NODE_AGENT_GO_VERSIONS:-1.21.13 1.23.9 1.25.5 1.27.3}"
 APT_PACKAGES=(
   python3 python3-venv python3-bpfcc libbpfcc   # bcc comes from Debian, not PyPI
-  linux-headers-amd64                            # headers bcc compiles against
+  "linux-headers-$(dpkg --print-architecture)"  # headers bcc compiles against (this machine's arch)
   golang-1.19-go                                 # oldest toolchain under test
   prometheus                                     # prometheus + promtool for the e2e and rule tests
   binutils llvm linux-perf time                  # strip, llvm-symbolizer, perf, /usr/bin/time (oracles, anchors)
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross    # arm64 cgo test builds; brings aarch64-linux-gnu-strip/objdump
+  binutils-aarch64-linux-gnu qemu-user-static    # arm64 strip and objdump (decoder oracle); arm64 image build
   procps psmisc ca-certificates gcc libc6-dev   # gcc: cgo test builds
 )
 
@@ -70,6 +72,30 @@ install_go() {
   done
 }
 
+install_arm64_kernel_headers() {
+  # The generated half of the arm64 kernel headers, same ABI and version as this machine's
+  # -common half (which holds arch/arm64 for every arch): bcc cross-compiles bpf/profile.bpf.c
+  # for arm64 against the pair (tests/system/test_bpf_arm64.py). A private apt state fetches the
+  # arm64 package, so the machine's dpkg architectures and package lists stay as they are.
+  local common abi version dir="$CACHE/arm64-kheaders"
+  common="$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -1)"
+  [[ -n "$common" ]] || { log "no linux-headers-*-common: skipping the arm64 kernel headers"; return 0; }
+  abi="${common#/usr/src/linux-headers-}"
+  abi="${abi%-common}"
+  [[ -f "$dir/usr/src/linux-headers-$abi-arm64/include/generated/autoconf.h" ]] && return 0
+  version="$(dpkg-query -W -f='${Version}' "linux-headers-$abi-common")"
+  log "fetching linux-headers-$abi-arm64 $version into $dir"
+  rm -rf "$dir"
+  mkdir -p "$dir/apt/lists/partial" "$dir/apt/cache/archives/partial"
+  local apt=(apt-get -qq -o APT::Architecture=arm64 -o APT::Architectures::=arm64 -o APT::Sandbox::User=root
+    -o Dir::State::Lists="$dir/apt/lists" -o Dir::Cache="$dir/apt/cache" -o Dir::State::status=/dev/null)
+  "${apt[@]}" update
+  (cd "$dir/apt" && "${apt[@]}" download "linux-headers-$abi-arm64=$version")
+  dpkg-deb -x "$dir/apt/linux-headers-$abi-arm64_"*.deb "$dir"
+  ln -sfn "$common" "$dir/usr/src/linux-headers-$abi-common"
+  rm -rf "$dir/apt"
+}
+
 install_old_go_binaries() {
   # Real Go 1.14-1.18 binaries (esbuild's npm packages) for the pclntab format tests.
   command -v npm >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null; }
@@ -79,5 +105,6 @@ install_old_go_binaries() {
 install_apt
 install_venv
 install_go
+install_arm64_kernel_headers
 install_old_go_binaries
 log "ready: $ROOT/.venv, Go toolchains in $CACHE"

@@ -23,8 +23,17 @@ The matrix is toolchain x build mode x variant:
   DWARF; pclntab and the Go build ID note survive);
   ``sw``: ``-ldflags=-s -w`` (Go's linker omits ``.symtab`` and DWARF).
 
+Target ``arch`` ``amd64`` (this machine) or ``arm64`` (cross-compiled with
+``GOARCH=arm64``; stripped with binutils' ``aarch64-linux-gnu-strip``, or
+``llvm-strip``). On arm64 the internal linker puts the first PT_LOAD at
+0x10000 and .text at 0x11000, exe and PIE alike (64 KiB segment alignment),
+and pclntab's quantum is 4. ``cgo=True``
+links externally (``CGO_ENABLED=1``, ``-ldflags=-linkmode=external``, so
+runtime/cgo and the C start-up code are in), with gcc for amd64 and
+Debian's ``aarch64-linux-gnu-gcc`` for arm64.
+
 Builds are keyed by (source tree hash + absolute source path, toolchain
-version, mode, variant): the path is part of the key because it is embedded
+version, arch, cgo, mode, variant): the path is part of the key because it is embedded
 in the binary (no ``-trimpath``: tests compare real file paths). Each build
 goes to a temporary name in the final directory and is renamed into place,
 so concurrent test runs never see a half-written binary.
@@ -44,6 +53,10 @@ from agent.lab.gotoolchain import GoToolchain, build_env, cache_dir, find_toolch
 
 MODES = ("exe", "pie")
 VARIANTS = ("full", "strip", "sw")
+ARCHES = ("amd64", "arm64")
+# Per GOARCH: the strip that understands its ELF files (llvm-strip reads any), and the cgo C compiler.
+STRIP = {"amd64": ("strip", "llvm-strip"), "arm64": ("aarch64-linux-gnu-strip", "llvm-strip")}
+CC = {"amd64": "gcc", "arm64": "aarch64-linux-gnu-gcc"}
 SYMTEST = Path(__file__).resolve().parent / "goprogs" / "symtest"
 BUILD_TIMEOUT_S = 600
 
@@ -58,12 +71,15 @@ class GoBinary:
     mode: str  # "exe" | "pie"
     variant: str  # "full" | "strip" | "sw"
     path: Path
-    unstripped: Path  # the "full" build of the same toolchain and mode (== path when variant is "full")
+    unstripped: Path  # the "full" build of the same toolchain, arch and mode (== path when variant is "full")
+    arch: str = "amd64"
+    cgo: bool = False
 
     @property
     def label(self) -> str:
-        """Readable id for pytest parametrization, e.g. ``go1.21.13-pie-strip``."""
-        return f"{self.toolchain.version_string}-{self.mode}-{self.variant}"
+        """Readable id for pytest parametrization, e.g. ``go1.21.13-pie-strip``, ``go1.27.3-arm64-cgo-exe-sw``."""
+        target = "" if self.arch == "amd64" else f"{self.arch}-"
+        return f"{self.toolchain.version_string}-{target}{'cgo-' if self.cgo else ''}{self.mode}-{self.variant}"
 
 
 def testbins_dir() -> Path:
@@ -81,15 +97,25 @@ def source_hash(source_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def go_env(toolchain: GoToolchain) -> dict[str, str]:
+def go_env(toolchain: GoToolchain, arch: str = "amd64", cgo: bool = False) -> dict[str, str]:
     """A hermetic environment: this toolchain only, no network, caches under our cache dir."""
-    return build_env(toolchain, testbins_dir())
+    env = build_env(toolchain, testbins_dir())
+    env["GOARCH"] = arch
+    if cgo:
+        env.update(CGO_ENABLED="1", CC=CC[arch])
+    return env
 
 
-def _output_path(toolchain: GoToolchain, source_dir: Path, mode: str, variant: str) -> Path:
+def find_strip(arch: str) -> str | None:
+    """A strip that can rewrite ``arch`` ELF files."""
+    return next((found for name in STRIP[arch] if (found := shutil.which(name))), None)
+
+
+def _output_path(toolchain: GoToolchain, source_dir: Path, mode: str, variant: str, arch: str, cgo: bool) -> Path:
     root = source_dir.resolve()
     key = f"{root.name}-{source_hash(root)}"
-    return testbins_dir() / key / toolchain.version_string / f"{mode}-{variant}" / root.name
+    target = ("" if arch == "amd64" else f"{arch}-") + ("cgo-" if cgo else "")  # amd64 keeps its old paths
+    return testbins_dir() / key / toolchain.version_string / f"{target}{mode}-{variant}" / root.name
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -103,28 +129,31 @@ def _tmp_name(final: Path) -> Path:
     return Path(name)
 
 
-def build_one(toolchain: GoToolchain, source_dir: Path, mode: str, variant: str) -> Path:
+def build_one(
+    toolchain: GoToolchain, source_dir: Path, mode: str, variant: str, arch: str = "amd64", cgo: bool = False
+) -> Path:
     """Path of the cached binary, building it (and, for "strip", its full build) if missing."""
-    if mode not in MODES or variant not in VARIANTS:
-        raise ValueError(f"unknown mode/variant {mode!r}/{variant!r}")
-    final = _output_path(toolchain, source_dir, mode, variant)
+    if mode not in MODES or variant not in VARIANTS or arch not in ARCHES:
+        raise ValueError(f"unknown mode/variant/arch {mode!r}/{variant!r}/{arch!r}")
+    final = _output_path(toolchain, source_dir, mode, variant, arch, cgo)
     if final.is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(final)
     try:
         if variant == "strip":
-            full = build_one(toolchain, source_dir, mode, "full")
-            strip = shutil.which("strip")
+            full = build_one(toolchain, source_dir, mode, "full", arch, cgo)
+            strip = find_strip(arch)
             if strip is None:
-                raise GoBuildError("binutils strip not found")
+                raise GoBuildError(f"no strip for {arch} ({' or '.join(STRIP[arch])})")
             _run([strip, "-o", str(tmp), str(full)], cwd=source_dir, env=dict(os.environ))
         else:
             cmd = [str(toolchain.go), "build", f"-buildmode={mode}", "-buildvcs=false", "-o", str(tmp)]
-            if variant == "sw":
-                cmd.append("-ldflags=-s -w")
+            ldflags = (["-linkmode=external"] if cgo else []) + (["-s", "-w"] if variant == "sw" else [])
+            if ldflags:
+                cmd.append(f"-ldflags={' '.join(ldflags)}")
             cmd.append(".")
-            _run(cmd, cwd=source_dir, env=go_env(toolchain))
+            _run(cmd, cwd=source_dir, env=go_env(toolchain, arch, cgo))
         _publish(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -142,13 +171,15 @@ def build_matrix(
     toolchains: list[GoToolchain] | None = None,
     modes: tuple[str, ...] = MODES,
     variants: tuple[str, ...] = VARIANTS,
+    arch: str = "amd64",
+    cgo: bool = False,
 ) -> list[GoBinary]:
-    """Every (toolchain, mode, variant) build of ``source_dir``, oldest toolchain first."""
+    """Every (toolchain, mode, variant) build of ``source_dir`` for ``arch``, oldest toolchain first."""
     out: list[GoBinary] = []
     for tc in find_toolchains() if toolchains is None else toolchains:
         for mode in modes:
-            full = build_one(tc, source_dir, mode, "full")
+            full = build_one(tc, source_dir, mode, "full", arch, cgo)
             for variant in variants:
-                path = full if variant == "full" else build_one(tc, source_dir, mode, variant)
-                out.append(GoBinary(tc, mode, variant, path, full))
+                path = full if variant == "full" else build_one(tc, source_dir, mode, variant, arch, cgo)
+                out.append(GoBinary(tc, mode, variant, path, full, arch, cgo))
     return out

@@ -3,7 +3,9 @@
 ``live``: read ``runtime.gomaxprocs`` (an int32) from the process's memory.
 Its address comes from the symbol table, or — in stripped binaries — from
 the code of ``runtime.GOMAXPROCS`` (located through pclntab), whose first
-32-bit RIP-relative load is ``ret := int(gomaxprocs)``.
+32-bit load from writable data is ``ret := int(gomaxprocs)``: a RIP-relative
+``movl`` on x86-64, an ADRP-based ``LDR``/``LDRSW`` on arm64 (decoders in
+agent/gobinary/amd64.py and arm64.py).
 
 ``inferred:<rule>`` when memory cannot be read, with the rule that decided:
   ``env``           GOMAXPROCS in the environment, as Go reads it (a positive
@@ -31,10 +33,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from agent.errors import NodeAgentError
+from agent.gobinary import amd64, arm64
 from agent.gobinary.symbolizer import GoBinary
 
 SHF_WRITE = 0x1
 SHF_EXECINSTR = 0x4
+# Per e_machine: the link-time addresses a function's code loads 32-bit values from.
+_INT32_LOADS: dict[str, Callable[[bytes, int], list[int]]] = {
+    "EM_X86_64": amd64.int32_loads,
+    "EM_AARCH64": arm64.int32_loads,
+}
 MAX_PLAUSIBLE = 1 << 16  # Go caps nothing this high in practice; guards against garbage reads
 _GO_INT = re.compile(r"-?[0-9]*")  # Go's runtime atoi: optional '-', ASCII digits, nothing else
 
@@ -146,40 +154,19 @@ def infer(f: Facts) -> Gomaxprocs:
 # ---- live ------------------------------------------------------------------------------------
 
 
-def _rip_loads(code: bytes, addr: int) -> list[int]:
-    """Targets of 32-bit RIP-relative loads (movl/movslq disp(%rip), reg) in x86-64 code."""
-    targets = []
-    i = 0
-    n = len(code)
-    while i + 6 <= n:
-        start = i
-        if 0x40 <= code[i] <= 0x4F:
-            rex = code[i]
-            i += 1
-        else:
-            rex = 0
-        op = code[i] if i < n else 0
-        if i + 6 <= n and ((op == 0x8B and not rex & 0x08) or (op == 0x63 and rex & 0x08)):
-            modrm = code[i + 1]
-            if modrm & 0xC7 == 0x05:
-                (disp,) = struct.unpack_from("<i", code, i + 2)
-                targets.append(addr + i + 6 + disp)
-        i = start + 1
-    return targets
-
-
 def gomaxprocs_address(binary: GoBinary) -> tuple[int, str] | None:
     """Link-time address of ``runtime.gomaxprocs`` and how it was found."""
     sym = binary.image.symbol("runtime.gomaxprocs")
     if sym is not None and sym[0]:
         return sym[0], "symbol"
-    if binary.image.machine != "EM_X86_64":
+    decode = _INT32_LOADS.get(binary.image.machine)
+    if decode is None:
         return None
     rec = binary.table.find_function("runtime.GOMAXPROCS")
     if rec is None:
         return None
     code = binary.image.read(rec.entry, min(rec.end - rec.entry, 512))
-    for target in _rip_loads(code, rec.entry):
+    for target in decode(code, rec.entry):
         if _writable_data(binary, target):
             return target, "code of runtime.GOMAXPROCS"
     return None
