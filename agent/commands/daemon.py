@@ -86,6 +86,7 @@ class Daemon:
         )
         self._sampler_factory = sampler_factory or (lambda: Sampler(sampler_config(scan_cfg)))
         self._stop = threading.Event()
+        self._signal: int | None = None
         self._sampler: Sampler | None = None
         self._next_bpf_try = 0.0
         self.server = AgentHTTPServer(cfg.listen, self.registry, self.health, self.profiles)
@@ -97,7 +98,9 @@ class Daemon:
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal %d: shutting down", signum)
+            # Nothing that takes a lock the interrupted code may hold: no logging here (a signal
+            # that lands inside a log write made stderr re-entrant and the shutdown was lost).
+            self._signal = signum
             self.stop()
 
         signal.signal(signal.SIGTERM, handler)
@@ -117,6 +120,8 @@ class Daemon:
                     self.health.beat()  # alive, just not ready
                     self._stop.wait(min(self.cfg.interval_s, self.cfg.bpf_retry_s))
         finally:
+            if self._signal is not None:
+                log.info("signal %d: shutting down", self._signal)
             self._close_sampler()
             self.server.stop()
         return 0
