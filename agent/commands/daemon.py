@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from agent.analysis.attribution import ProcessProfile
 from agent.analysis.model import GoProcessReport, ScanResult
@@ -70,6 +70,11 @@ class Daemon:
         self.registry = CollectorRegistry()
         self.metrics = AgentMetrics(max_series=cfg.max_series)
         self.registry.register(self.metrics)
+        # The standard self-metrics every exporter has (process_cpu_seconds_total,
+        # process_resident_memory_bytes, process_open_fds, ..., python_info), from the agent's own
+        # /proc/self: with hostPID that is still this process.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self.health = Health(stall_after_s=max(300.0, cfg.interval_s * 10))
         self.profiles = ProfileStore()
         self.pipeline = Pipeline(
