@@ -57,9 +57,12 @@ RUN pip install --no-cache-dir --no-deps . \
     && rm -rf /src
 WORKDIR /
 
+# node_agent_build_info{revision}: docker build --build-arg REVISION="$(git rev-parse --short=12 HEAD)" .
+ARG REVISION=unknown
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    NODE_AGENT_CACHE=/var/cache/node-agent
+    NODE_AGENT_CACHE=/var/cache/node-agent \
+    NODE_AGENT_REVISION=${REVISION}
 
 EXPOSE 9464
 ENTRYPOINT ["node-agent"]

@@ -8,16 +8,20 @@ bugs only.
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from agent import __version__
 from agent.errors import NodeAgentError
 from agent.gobinary.pclntab import Frame
 from agent.gobinary.symbolizer import GoBinary
+
+log = logging.getLogger("node_agent")
 
 
 def _parse_pc(text: str) -> int | None:
@@ -81,57 +85,153 @@ def cmd_symbolize(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose options may also come from the environment.
+
+    An environment value goes through the option's own ``type`` (the same validation as the
+    flag) and only when the flag is absent, so a bad value fails exactly like a bad flag: one
+    line naming the variable, exit status 2. Values are read at parse time, not when the
+    parser is built, so ``--version`` and ``--help`` work whatever the environment holds.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.env_options: dict[str, tuple[str, Callable[[str], Any], Any]] = {}
+
+    def add_env_argument(
+        self, flag: str, *, env: str, type: Callable[[str], Any], default: Any, help: str, **kwargs: Any
+    ) -> argparse.Action:
+        """``flag`` that falls back to ``$env`` (through ``type``), then to ``default``."""
+        action = self.add_argument(flag, type=type, default=None, help=f"{help} [{env}]", **kwargs)
+        self.env_options[action.dest] = (env, type, default)
+        return action
+
+    def add_env_flag(self, flag: str, *, env: str, help: str) -> argparse.Action:
+        """A switch that ``$env`` may also turn on or off (1/true/yes/on, 0/false/no/off)."""
+        action = self.add_argument(flag, action="store_const", const=True, default=None, help=f"{help} [{env}]")
+        self.env_options[action.dest] = (env, _boolean, False)
+        return action
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        ns, rest = super().parse_known_args(args, namespace)
+        for dest, (env, convert, default) in self.env_options.items():
+            if getattr(ns, dest, None) is not None:
+                continue  # the flag wins
+            raw = os.environ.get(env, "")
+            if raw == "":
+                setattr(ns, dest, default)
+                continue
+            try:
+                setattr(ns, dest, convert(raw))
+            except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+                self.exit(2, f"{self.prog}: error: environment variable {env}={_shown(raw)}: {exc}\n")
+        return ns, rest
+
+
+def _shown(raw: str) -> str:
+    """An environment value quoted for one line of stderr: escaped and cut short."""
+    return repr(raw if len(raw) <= 80 else raw[:80] + "...")
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError("must be one of 1/true/yes/on or 0/false/no/off")
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {_shown(text)}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {_shown(text)}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {_shown(text)}") from None
+
+
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:  # NaN too
-        raise argparse.ArgumentTypeError("must be > 0")
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text.strip()}")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value >= 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text.strip()}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
 def _frequency(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if not 1 <= value <= 10_000:
-        raise argparse.ArgumentTypeError("must be 1..10000 Hz")
+        raise argparse.ArgumentTypeError(f"must be 1..10000 Hz, got {value}")
     return value
 
 
-def _add_host_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+def _directory(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a path, got an empty string")
+    return Path(text)
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    """A case-insensitive choice that also validates environment values."""
+
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(allowed)}, got {_shown(text)}")
+        return value
+
+    return parse
+
+
+def _add_host_options(p: Parser) -> None:
+    p.add_env_argument(
         "--host-root",
-        type=Path,
-        default=Path(os.environ.get("NODE_AGENT_HOST_ROOT", "/")),
-        help="where the host's /proc and /sys are mounted (in a container: /host) [env NODE_AGENT_HOST_ROOT]",
+        env="NODE_AGENT_HOST_ROOT",
+        type=_directory,
+        default=Path("/"),
+        help="where the host's /proc and /sys are mounted (in a container: /host)",
     )
     _add_bpf_options(p)
 
 
-def _add_bpf_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+def _add_bpf_options(p: Parser) -> None:
+    p.add_env_argument(
         "--kernel-headers",
-        type=Path,
-        default=os.environ.get("NODE_AGENT_KERNEL_HEADERS") or None,
-        help="kernel headers directory for bcc (default: search /lib/modules and /usr/src) "
-        "[env NODE_AGENT_KERNEL_HEADERS]",
+        env="NODE_AGENT_KERNEL_HEADERS",
+        type=_directory,
+        default=None,
+        help="kernel headers directory for bcc (default: search /lib/modules and /usr/src)",
     )
-    p.add_argument(
+    p.add_env_argument(
         "--frequency",
+        env="NODE_AGENT_FREQUENCY",
         type=_frequency,
-        default=int(os.environ.get("NODE_AGENT_FREQUENCY", "97")),
-        help="samples per second per CPU (default 97, prime) [env NODE_AGENT_FREQUENCY]",
+        default=97,
+        help="samples per second per CPU (default 97, prime)",
     )
 
 
@@ -168,20 +268,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    import logging
-
     from agent.commands.daemon import Daemon, DaemonConfig
     from agent.export.http import parse_listen
+    from agent.logsetup import configure_logging
 
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
         listen = parse_listen(args.listen)
     except ValueError as exc:
@@ -201,7 +293,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_kubernetes:
         from agent.kube.watch import connect
 
-        kube = connect(args.node_name or None).start()
+        kube = connect(args.node_name or None)
+        if not kube.enabled:
+            # Said once, here; the daemon then names containers by their cgroup.
+            log.warning("Kubernetes API unavailable (%s): labelling containers by cgroup", kube.status().reason)
+        kube.start()
     daemon = Daemon(cfg, kube=kube)
     daemon.install_signal_handlers()
     try:
@@ -212,7 +308,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="node-agent",
         description="Find Go workloads whose GOMAXPROCS does not match their CPU quota.",
     )
@@ -254,49 +350,66 @@ def build_parser() -> argparse.ArgumentParser:
         help="run as the node's daemon: sample continuously, serve /metrics, /healthz, /readyz, /profiles",
         description="The DaemonSet agent. Every option can also be set by the environment variable in brackets.",
     )
-    run.add_argument(
+    run.add_env_argument(
         "--interval",
+        env="NODE_AGENT_INTERVAL",
         type=_positive_float,
-        default=float(_env("NODE_AGENT_INTERVAL", "15")),
-        help="seconds per sampling window (default 15) [NODE_AGENT_INTERVAL]",
+        default=15.0,
+        help="seconds per sampling window (default 15)",
     )
-    run.add_argument(
+    run.add_env_argument(
         "--listen",
-        default=_env("NODE_AGENT_LISTEN", ":9464"),
-        help="HOST:PORT for /metrics and the probes (default :9464) [NODE_AGENT_LISTEN]",
+        env="NODE_AGENT_LISTEN",
+        type=str,
+        default=":9464",
+        help="HOST:PORT for /metrics and the probes (default :9464)",
     )
-    run.add_argument(
+    run.add_env_argument(
         "--max-series",
-        type=int,
-        default=int(_env("NODE_AGENT_MAX_SERIES", "5000")),
-        help="cap on per-container series; the least busy are dropped and counted (default 5000) "
-        "[NODE_AGENT_MAX_SERIES]",
+        env="NODE_AGENT_MAX_SERIES",
+        type=_positive_int,
+        default=5000,
+        help="cap on per-container series; the least busy are dropped and counted (default 5000)",
     )
-    run.add_argument(
+    run.add_env_argument(
         "--bpf-retry",
+        env="NODE_AGENT_BPF_RETRY",
         type=_positive_float,
-        default=float(_env("NODE_AGENT_BPF_RETRY", "60")),
-        help="seconds between attempts to load BPF when it failed (default 60) [NODE_AGENT_BPF_RETRY]",
+        default=60.0,
+        help="seconds between attempts to load BPF when it failed (default 60)",
     )
-    run.add_argument(
+    run.add_env_argument(
         "--cache-dir",
-        type=Path,
-        default=os.environ.get("NODE_AGENT_CACHE") or None,
-        help="writable directory for the merged kernel-header tree [NODE_AGENT_CACHE]",
+        env="NODE_AGENT_CACHE",
+        type=_directory,
+        default=None,
+        help="writable directory for the merged kernel-header tree",
     )
-    run.add_argument(
+    run.add_env_argument(
         "--node-name",
-        default=_env("NODE_NAME", ""),
-        help="this node's name, for the pod watch's fieldSelector (Downward API spec.nodeName) [NODE_NAME]",
+        env="NODE_NAME",
+        type=str,
+        default="",
+        help="this node's name, for the pod watch's fieldSelector (Downward API spec.nodeName)",
     )
-    run.add_argument(
+    run.add_env_flag(
         "--no-kubernetes",
-        action="store_true",
-        default=_env("NODE_AGENT_NO_KUBERNETES", "") not in ("", "0", "false"),
-        help="do not contact the Kubernetes API; label by cgroup only [NODE_AGENT_NO_KUBERNETES]",
+        env="NODE_AGENT_NO_KUBERNETES",
+        help="do not contact the Kubernetes API; label by cgroup only",
     )
-    run.add_argument(
-        "--log-level", default=_env("NODE_AGENT_LOG_LEVEL", "info"), help="debug, info, warning [NODE_AGENT_LOG_LEVEL]"
+    run.add_env_argument(
+        "--log-level",
+        env="NODE_AGENT_LOG_LEVEL",
+        type=_choice("debug", "info", "warning", "error"),
+        default="info",
+        help="debug, info, warning or error (default info)",
+    )
+    run.add_env_argument(
+        "--log-format",
+        env="NODE_AGENT_LOG_FORMAT",
+        type=_choice("text", "json"),
+        default="text",
+        help="text, or json: one object per line with time, level, logger, message and fields (default text)",
     )
     _add_host_options(run)
     run.set_defaults(func=cmd_run)

@@ -33,6 +33,16 @@ install_apt() {
   fi
 }
 
+install_kubectl() {
+  # `kubectl kustomize` renders deploy/ and overlays/ in the tests. Any kubectl >= 1.27 (kustomize
+  # v5) will do; Debian's kubernetes-client only when there is none (its 1.20 embeds kustomize
+  # v2, too old for overlays/: the test then says so).
+  command -v kubectl >/dev/null && return
+  log "apt-get install kubernetes-client (kubectl)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
+}
+
 install_venv() {
   local venv="$ROOT/.venv"
   if [[ ! -x "$venv/bin/python" ]]; then
@@ -103,6 +113,7 @@ install_old_go_binaries() {
 }
 
 install_apt
+install_kubectl
 install_venv
 install_go
 install_arm64_kernel_headers

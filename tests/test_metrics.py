@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from agent import revision
 from agent.analysis.goruntime import Category
 from agent.analysis.model import GoProcessReport
 from agent.analysis.verdict import Verdict
@@ -94,7 +95,7 @@ def test_self_metrics_and_contract() -> None:
     assert reg.get_sample_value("node_agent_cycle_duration_seconds_bucket", {"le": "0.05"}) == 1
     assert reg.get_sample_value("node_agent_bpf_up", {"reason": "kernel headers not found"}) == 0
     assert reg.get_sample_value("node_agent_errors_total", {"kind": "binary_unreadable"}) == 1
-    assert reg.get_sample_value("node_agent_build_info", {"version": "0.1.0"}) == 1
+    assert reg.get_sample_value("node_agent_build_info", {"version": "0.1.0", "revision": revision()}) == 1
     m.update([row("web-1", "app", 64, Verdict.ABOVE)], now=0)
     text = generate_latest(reg).decode()
     for name in METRIC_NAMES:

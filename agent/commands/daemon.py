@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from agent.analysis.attribution import ProcessProfile
 from agent.analysis.model import GoProcessReport, ScanResult
@@ -75,6 +75,11 @@ class Daemon:
         self.registry = CollectorRegistry()
         self.metrics = AgentMetrics(max_series=cfg.max_series)
         self.registry.register(self.metrics)
+        # The standard self-metrics every exporter has (process_cpu_seconds_total,
+        # process_resident_memory_bytes, process_open_fds, ..., python_info), from the agent's own
+        # /proc/self: with hostPID that is still this process.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self.health = Health(stall_after_s=max(300.0, cfg.interval_s * 10))
         self._kube_errors = KubeErrorCounter()
         if kube is not None:  # the watcher's health: metrics, and a line in /readyz (never a reason to be unready)
@@ -95,6 +100,7 @@ class Daemon:
         )
         self._sampler_factory = sampler_factory or (lambda: Sampler(sampler_config(scan_cfg)))
         self._stop = threading.Event()
+        self._signal: int | None = None
         self._sampler: Sampler | None = None
         self._next_bpf_try = 0.0
         self.server = AgentHTTPServer(cfg.listen, self.registry, self.health, self.profiles)
@@ -106,7 +112,9 @@ class Daemon:
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal %d: shutting down", signum)
+            # Nothing that takes a lock the interrupted code may hold: no logging here (a signal
+            # that lands inside a log write made stderr re-entrant and the shutdown was lost).
+            self._signal = signum
             self.stop()
 
         signal.signal(signal.SIGTERM, handler)
@@ -126,6 +134,8 @@ class Daemon:
                     self.health.beat()  # alive, just not ready
                     self._stop.wait(min(self.cfg.interval_s, self.cfg.bpf_retry_s))
         finally:
+            if self._signal is not None:
+                log.info("signal %d: shutting down", self._signal)
             self._close_sampler()
             self.server.stop()
         return 0

@@ -28,7 +28,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from agent import __version__
+from agent import __version__, revision
 from agent.analysis.goruntime import CATEGORIES, Category
 from agent.analysis.model import GoProcessReport
 from agent.analysis.verdict import MISCONFIGURED
@@ -84,6 +84,7 @@ class AgentMetrics(Collector):
         self.lost_total: dict[str, int] = {}
         self.errors_total: dict[str, int] = {}
         self.series_dropped_total = 0
+        self._dropped: set[Labels] = set()
         self.bpf_up = 0
         self.bpf_reason = ""
         self._cycle_buckets = [0] * (len(CYCLE_BUCKETS) + 1)
@@ -115,9 +116,12 @@ class AgentMetrics(Collector):
                 c.busy = busy
             for key in [k for k, c in self._containers.items() if now - c.last_seen > self.stale_after_s]:
                 del self._containers[key]
-            over = len(self._containers) - self.max_series // SERIES_PER_CONTAINER
-            if over > 0:
-                self.series_dropped_total += over * SERIES_PER_CONTAINER
+            # Counted once per container when it falls off (again), not once per cycle it stays
+            # off: the counter is how many series went missing, not series x cycles.
+            kept = {key for key, _ in self._capped()}
+            dropped = set(self._containers) - kept
+            self.series_dropped_total += SERIES_PER_CONTAINER * len(dropped - self._dropped)
+            self._dropped = dropped
 
     def record_cycle(self, duration_s: float, samples: int, lost: dict[str, int]) -> None:
         with self._lock:
@@ -209,7 +213,9 @@ class AgentMetrics(Collector):
             bpf = GaugeMetricFamily("node_agent_bpf_up", "1 when the BPF sampler is running", labels=["reason"])
             bpf.add_metric([self.bpf_reason], self.bpf_up)
             yield bpf
-            yield InfoMetricFamily("node_agent_build", "node-agent build", value={"version": __version__})
+            yield InfoMetricFamily(
+                "node_agent_build", "node-agent build", value={"version": __version__, "revision": revision()}
+            )
             yield CounterMetricFamily(
                 "node_agent_series_dropped_total",
                 "Per-container series not exported because of --max-series",
