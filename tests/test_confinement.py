@@ -7,6 +7,8 @@ tests/system/test_container_e2e.py; these are the pure rules and the probe on th
 from __future__ import annotations
 
 import errno
+import os
+import platform
 
 import pytest
 
