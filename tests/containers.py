@@ -382,6 +382,7 @@ def podman_flags(
     rro: bool = True,
     drop_mounts: Sequence[str] = (),
     extra_env: dict[str, str] | None = None,
+    seccomp: str | None = None,
 ) -> list[str]:
     """``podman run`` flags equivalent to the kubelet running this container.
 
@@ -389,6 +390,7 @@ def podman_flags(
     read-only) by adding a read-only bind for every host sub-mount, as a kubelet and
     runtime that support it do; False is a runtime without it (the hole the agent reports).
     ``drop_mounts``: container paths left out (e.g. the header mounts, for a node without them).
+    ``seccomp``: the manifest's seccompProfile type instead ("RuntimeDefault": podman's profile).
     Networking is the host's (no iptables here): the harness overrides --listen to loopback.
     """
     if spec.privileged:
@@ -402,7 +404,7 @@ def podman_flags(
     flags += [f"--cap-add={c}" for c in spec.cap_add]
     if spec.no_new_privileges:
         flags += ["--security-opt", "no-new-privileges"]
-    if spec.seccomp == "Unconfined":
+    if (seccomp or spec.seccomp) == "Unconfined":
         flags += ["--security-opt", "seccomp=unconfined"]
     if spec.apparmor == "Unconfined":
         flags += ["--security-opt", "apparmor=unconfined"]
