@@ -21,6 +21,9 @@
 # (see the DaemonSet's securityContext for the full, minimal capability set).
 FROM debian:bookworm-slim
 
+# A failing apt-cache in a pipe must fail the build.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
 # Versions are bookworm's; bump them together with the base image. The fallback kernel headers
 # are unpacked from Debian's packages for this architecture (apt-get download + dpkg-deb, not
 # installed: the package would pull gcc and kbuild), keeping only what bcc reads.
@@ -45,7 +48,7 @@ RUN apt-get update \
     && cp -a "unpacked/usr/src/$build/include/." "$tree/include/" \
     && cp -a "unpacked/usr/src/$build/arch/$karch/include/." "$tree/arch/$karch/include/" \
     && test -f "$tree/include/linux/kconfig.h" && test -f "$tree/include/generated/autoconf.h" \
-    && cd / && rm -rf "$scratch" /var/lib/apt/lists/*
+    && cd / && rm -rf "$scratch" && rm -rf /var/lib/apt/lists/*
 
 # Only Debian's bcc package is exposed to the venv (as scripts/setup.sh does), not all of
 # dist-packages, so pip's pinned versions are the ones imported.

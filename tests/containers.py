@@ -411,19 +411,26 @@ def podman_flags(
     if spec.memory_limit:
         flags += [f"--memory={spec.memory_limit}", f"--memory-swap={spec.memory_limit}"]  # no swap, as the kubelet
     mountinfo = Path("/proc/self/mountinfo").read_text()
+    explicit = {m.path for m in spec.mounts}
+    binds: list[tuple[str, list[str]]] = []  # (destination, flags)
     for m in spec.mounts:
         if m.path in drop_mounts:
             continue
         if m.host_path is None:
             size = f",size={m.size_limit}" if m.size_limit else ""
-            flags += ["--tmpfs", f"{m.path}:rw{size},notmpcopyup"]
+            binds.append((m.path, ["--tmpfs", f"{m.path}:rw{size},notmpcopyup"]))
             continue
         ro = ":ro" if m.read_only else ""
-        flags += ["-v", f"{m.host_path}:{m.path}{ro}"]
+        binds.append((m.path, ["-v", f"{m.host_path}:{m.path}{ro}"]))
         if m.read_only and rro and m.recursive_read_only in {"IfPossible", "Enabled"}:
             for sub in host_submounts(m.host_path, mountinfo):
-                rel = PurePosixPath(sub).relative_to(m.host_path)
-                flags += ["-v", f"{sub}:{PurePosixPath(m.path) / rel}:ro"]
+                dest = str(PurePosixPath(m.path) / PurePosixPath(sub).relative_to(m.host_path))
+                if dest not in explicit:  # the manifest's own mount there expands itself
+                    explicit.add(dest)
+                    binds.append((dest, ["-v", f"{sub}:{dest}:ro"]))
+    # Parents before children, whatever order the runtime keeps: a later parent would hide them.
+    for _dest, bind in sorted(binds, key=lambda b: len(PurePosixPath(b[0]).parts)):
+        flags += bind
     for name in spec.field_env:
         if name not in field_values:
             raise ContainerError(f"no value for the Downward API variable {name}")
