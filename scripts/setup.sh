@@ -15,6 +15,8 @@ APT_PACKAGES=(
   prometheus                                     # prometheus + promtool for the e2e and rule tests
   binutils llvm linux-perf time                  # strip, llvm-symbolizer, perf, /usr/bin/time (oracles, anchors)
   procps psmisc ca-certificates gcc libc6-dev   # gcc: cgo test builds
+  podman runc containerd mmdebstrap              # the image on real runtimes (tests/system/test_container_e2e.py)
+  etcd-server prometheus-node-exporter           # big real Go daemons for the container memory soak
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

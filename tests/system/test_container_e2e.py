@@ -329,7 +329,7 @@ def test_run_in_the_agent_container_serves_metrics_profiles_and_fires_the_alert(
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             try:
-                plain_name = f"libpod-{workloads.plain.container.id}"
+                plain_name = f"podman:{workloads.plain.container.id[:12]}"  # outside Kubernetes: runtime + id
                 want = {POD[2], plain_name}
 
                 def flagged() -> dict[str, list[tuple[dict[str, str], float]]] | None:
