@@ -492,13 +492,60 @@ def containerd(tmp: Path) -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# linux/capability.h, 0..40.
+LINUX_CAPS = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+]
+
+
 def ctr_flags(spec: DaemonSetAgent) -> list[str]:
     """The same manifest facts in ctr's terms (no rro there either: each sub-mount read-only)."""
     out = ["--net-host", "--with-ns", "pid:/proc/1/ns/pid"] if spec.host_pid else ["--net-host"]
     if spec.read_only_root:
         out.append("--read-only")
-    if "ALL" in spec.cap_drop:
-        out += ["--cap-drop", "ALL"]
+    # ctr takes no "ALL": every capability the kernel knows is dropped by name except the added ones.
+    dropped = LINUX_CAPS if "ALL" in spec.cap_drop else spec.cap_drop
+    out += [a for c in dropped if c not in spec.cap_add for a in ("--cap-drop", f"CAP_{c}")]
     out += [a for c in spec.cap_add for a in ("--cap-add", f"CAP_{c}")]
     if spec.memory_limit:
         out += ["--memory-limit", str(spec.memory_limit)]
@@ -525,7 +572,8 @@ def test_the_same_image_under_containerd_and_ctr_passes_the_scan_check(
     tmp = Path(tempfile.mkdtemp(prefix="na-ctrd-"))  # short: a unix socket path must fit 108 bytes
     archive = tmp / "image.tar"
     started = time.monotonic()
-    podman("save", "--format", "oci-archive", "-o", str(archive), images.agent.name, timeout=600)
+    # Uncompressed layers: nothing to gzip here and gunzip again in containerd.
+    podman("save", "--format", "oci-archive", "--uncompressed", "-o", str(archive), images.agent.name, timeout=600)
     with containerd(tmp) as sock:
         ctr = ["ctr", "--address", sock, "--namespace", "node-agent-test"]
         env = dict(os.environ)
