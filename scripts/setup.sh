@@ -17,6 +17,8 @@ APT_PACKAGES=(
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross    # arm64 cgo test builds; brings aarch64-linux-gnu-strip/objdump
   binutils-aarch64-linux-gnu qemu-user-static    # arm64 strip and objdump (decoder oracle); arm64 image build
   procps psmisc ca-certificates gcc libc6-dev   # gcc: cgo test builds
+  podman runc containerd mmdebstrap              # the image on real runtimes (tests/system/test_container_e2e.py)
+  etcd-server prometheus-node-exporter           # big real Go daemons for the container memory soak
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

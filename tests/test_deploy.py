@@ -347,6 +347,7 @@ def test_host_mounts_are_read_only_and_only_scratch_is_writable() -> None:
     assert host == {
         "/proc": "/host/proc",
         "/sys": "/host/sys",
+        "/sys/fs/cgroup": "/host/sys/fs/cgroup",  # read-only where recursiveReadOnly is not supported
         "/lib/modules": "/host/lib/modules",
         "/usr/src": "/host/usr/src",
     }

@@ -380,3 +380,36 @@ def test_explicit_dir_wrong_on_disk(tmp_path: Path) -> None:
     with pytest.raises(BPFUnavailableError) as e:
         find_kernel_headers(tmp_path / "host", explicit=half, environ={}, sysfs=tmp_path / "sys")
     assert "only the generated headers" in str(e.value)
+
+
+# --------------------------------------------------------------------------- the image's bundled fallback
+
+BUNDLED = tree("/usr/share/node-agent/kernel-headers/linux-headers-6.1.0-57-amd64", source=True, build=True)
+
+
+def test_bundled_headers_come_last_and_say_they_stand_in() -> None:
+    plan = decide(HeaderListing(release="6.18.44", bundled=(BUNDLED,)))
+    assert (plan.kind, plan.build) == ("tree", BUNDLED.path)
+    assert "bundled" in plan.origin and not plan.matches_running
+    assert any("do not match the running kernel 6.18.44" in n for n in plan.notes)
+    # Anything the node has wins over the fallback.
+    assert decide(HeaderListing(release="6.18.44", kheaders=True, bundled=(BUNDLED,))).kind == "kheaders"
+    node = decide(HeaderListing(release="6.18.44", pool=(DEB_BUILD, DEB_COMMON), bundled=(BUNDLED,)))
+    assert node.build == DEB_BUILD.path
+
+
+def test_probe_finds_the_bundled_tree_in_the_agents_own_file_system(tmp_path: Path) -> None:
+    """No /lib/modules, no /usr/src, no kheaders on the host: the image's tree is used."""
+    bundled = tmp_path / "image" / "kernel-headers"
+    make_half(bundled, "linux-headers-6.1.0-57-amd64", source=True, build=True)
+    make_half(bundled, "linux-headers-6.1.0-57-common", source=True)  # incomplete: ignored
+    (tmp_path / "host").mkdir()
+    found = find_kernel_headers(
+        tmp_path / "host", environ={}, sysfs=tmp_path / "sys", release="6.18.44", bundled=bundled
+    )
+    assert found.source_dir == bundled / "linux-headers-6.1.0-57-amd64"
+    assert "bundled" in found.describe()
+    with pytest.raises(BPFUnavailableError, match=r"no kernel headers for 6\.18\.44"):
+        find_kernel_headers(
+            tmp_path / "host", environ={}, sysfs=tmp_path / "sys", release="6.18.44", bundled=tmp_path / "none"
+        )

@@ -39,6 +39,7 @@ from agent.export.metrics import AgentMetrics, labels_of
 from agent.export.pprof import ProfilePart, build_profile
 from agent.gobinary.symbolizer import BinaryCache
 from agent.host.cgroupsource import HostCgroups
+from agent.host.mounts import check_host_mounts
 from agent.host.procfs import ProcFS
 from agent.sampling.sampler import Sampler
 
@@ -105,6 +106,7 @@ class Daemon:
         self._next_bpf_try = 0.0
         self.server = AgentHTTPServer(cfg.listen, self.registry, self.health, self.profiles)
         self.cycles = 0
+        self._mount_reason = ""
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -121,6 +123,7 @@ class Daemon:
         signal.signal(signal.SIGINT, handler)
 
     def run(self) -> int:
+        self._check_host_mounts()
         self.server.start()
         log.info("serving /metrics on %s:%d", self.cfg.listen[0], self.server.port)
         try:
@@ -140,6 +143,15 @@ class Daemon:
             self.server.stop()
         return 0
 
+    def _check_host_mounts(self) -> None:
+        """A writable host mount is a hole, not an item error: said at start, kept in /readyz."""
+        check = check_host_mounts(self.cfg.host_root)
+        self._mount_reason = check.reason
+        if check.reason:
+            log.error("%s", check.reason)
+            self.metrics.count_error("host_mount_writable", max(1, len(check.writable)))
+            self.health.set_ready(check.reason)
+
     # ---- BPF ------------------------------------------------------------------------------------
     def _ensure_sampler(self) -> None:
         if self._sampler is not None or time.monotonic() < self._next_bpf_try:
@@ -149,12 +161,12 @@ class Daemon:
             self._sampler.drain()  # the first window starts now
             self.pipeline.begin_window()
             self.metrics.set_bpf(True)
-            self.health.set_ready("")
+            self.health.set_ready(self._mount_reason)
             log.info("BPF sampler attached at %d Hz", self.cfg.frequency_hz)
         except NodeAgentError as exc:
             reason = exc.describe()
             self.metrics.set_bpf(False, str(exc).splitlines()[0][:200])
-            self.health.set_ready(f"BPF sampler unavailable: {reason}")
+            self.health.set_ready("; ".join(filter(None, (f"BPF sampler unavailable: {reason}", self._mount_reason))))
             self.metrics.count_error("bpf_unavailable")
             log.error("BPF sampler unavailable (retrying in %.0fs): %s", self.cfg.bpf_retry_s, reason)
             self._next_bpf_try = time.monotonic() + self.cfg.bpf_retry_s

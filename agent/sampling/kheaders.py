@@ -19,6 +19,12 @@ Paths the user gives (``--kernel-headers``, ``$BCC_KERNEL_SOURCE``) are taken as
 the agent sees them; discovered places (``/lib/modules``, ``/usr/src``) are
 looked up under the host root, following symlinks inside that root.
 
+Last comes the image's own fallback (``BUNDLED_HEADERS``, see the Dockerfile): Debian's
+header tree of the image's release, for nodes with no headers at all. The sampler uses
+only UAPI definitions (the perf-event context, pt_regs, map and helper ABI), which the
+kernel keeps stable, so headers of another release compile a program that loads and
+samples correctly on this kernel.
+
 `decide` is pure: it chooses from a `HeaderListing`; `probe` does the looking,
 `prepare` the (cache-only) writing, `find_kernel_headers` all three.
 """
@@ -47,6 +53,7 @@ HELP_NO_HEADERS = (
 _SOURCE_MARK = "include/linux/kconfig.h"  # what bcc itself checks for
 _BUILD_MARK = "include/generated/autoconf.h"  # a configured (objtree) half
 _SCAN_DIRS = ("usr/src", "usr/src/kernels")
+BUNDLED_HEADERS = Path("/usr/share/node-agent/kernel-headers")  # in the agent's own file system (the image)
 _MERGE_MARKER = ".node-agent-merged"
 _MAX_SYMLINKS = 40
 
@@ -83,6 +90,7 @@ class HeaderListing:
     modules_source: HeaderTree | None = None  # <host>/lib/modules/<release>/source
     kheaders: bool = False  # /sys/kernel/kheaders.tar.xz exists
     pool: tuple[HeaderTree, ...] = ()  # trees under <host>/usr/src and beside the dirs above
+    bundled: tuple[HeaderTree, ...] = ()  # complete trees shipped with the agent (last resort)
     looked_at: tuple[str, ...] = ()  # for the error message
 
 
@@ -235,6 +243,13 @@ def decide(listing: HeaderListing) -> HeaderPlan:
         best = max(candidates, key=lambda p: (p.matches_running, version_key(p.version), p.kind == "tree"))
         return _mismatch_note(best, release)
 
+    if listing.bundled:
+        tree = max(listing.bundled, key=lambda t: version_key(header_version(t.name)))
+        plan = _plan_for(tree, (), f"the agent's bundled headers ({tree.name})", release)
+        if isinstance(plan, HeaderPlan):
+            return _mismatch_note(plan, release)
+        skipped.append(plan)
+
     looked = ", ".join(listing.looked_at) or "nowhere"
     detail = f" ({'; '.join(skipped)})" if skipped else ""
     raise BPFUnavailableError(
@@ -318,6 +333,7 @@ def probe(
     explicit: Path | None = None,
     environ: Mapping[str, str] | None = None,
     sysfs: Path = Path("/sys"),
+    bundled: Path = BUNDLED_HEADERS,
 ) -> HeaderListing:
     """Look at every place `decide` considers. Reads only."""
     environ = os.environ if environ is None else environ
@@ -354,6 +370,8 @@ def probe(
         except OSError:
             continue
 
+    if bundled.is_dir():
+        looked.append(str(bundled))
     pool: list[HeaderTree] = []
     for directory in dict.fromkeys(pool_dirs):  # keeps order, drops repeats
         pool.extend(t for t in _trees_in(directory) if t not in pool)
@@ -367,6 +385,7 @@ def probe(
         modules_source=source,
         kheaders=tarball.is_file(),
         pool=tuple(pool),
+        bundled=tuple(t for t in _trees_in(bundled) if t.complete),
         looked_at=tuple(looked),
     )
 
@@ -466,10 +485,16 @@ class HeaderSearch:
     cache_dir: Path | None = None
     release: str | None = None
     environ: Mapping[str, str] | None = field(default=None, compare=False)
+    bundled: Path = BUNDLED_HEADERS
 
     def listing(self) -> HeaderListing:
         return probe(
-            self.host_root, release=self.release, explicit=self.explicit, environ=self.environ, sysfs=self.sysfs
+            self.host_root,
+            release=self.release,
+            explicit=self.explicit,
+            environ=self.environ,
+            sysfs=self.sysfs,
+            bundled=self.bundled,
         )
 
     def find(self) -> KernelHeaders:
@@ -480,6 +505,7 @@ class HeaderSearch:
             sysfs=self.sysfs,
             cache_dir=self.cache_dir,
             release=self.release,
+            bundled=self.bundled,
         )
 
 
@@ -491,7 +517,8 @@ def find_kernel_headers(
     sysfs: Path = Path("/sys"),
     cache_dir: Path | None = None,
     release: str | None = None,
+    bundled: Path = BUNDLED_HEADERS,
 ) -> KernelHeaders:
     """Probe, decide and prepare. Raises BPFUnavailableError saying what is missing."""
-    listing = probe(host_root, release=release, explicit=explicit, environ=environ, sysfs=sysfs)
+    listing = probe(host_root, release=release, explicit=explicit, environ=environ, sysfs=sysfs, bundled=bundled)
     return prepare(decide(listing), cache_dir)

@@ -32,6 +32,7 @@ from typing import Any
 
 from agent.errors import BPFUnavailableError, NodeAgentError
 from agent.host import cpulist
+from agent.sampling import confinement
 from agent.sampling.kheaders import HELP_NO_HEADERS, HeaderSearch, KernelHeaders, decide
 
 log = logging.getLogger(__name__)
@@ -226,6 +227,21 @@ def _check_privileges(proc: Path) -> Finding:
     )
 
 
+def _check_bpf_syscall(proc: Path, privileged: bool) -> Finding:
+    """With the capabilities in place, bpf() itself must work: else seccomp or an LSM is in the way."""
+    if not privileged:
+        return Finding("bpf_syscall", True, "bpf() not probed (capabilities missing)", fatal=False)
+    err = confinement.probe_bpf()
+    if err is None:
+        return Finding("bpf_syscall", True, "bpf() not probed on this architecture", fatal=False)
+    if err == 0:
+        return Finding("bpf_syscall", True, "bpf() allowed (created and closed a one-entry map)")
+    described = confinement.describe_confinement(err, confinement.confinement(proc))
+    if described is None:
+        return Finding("bpf_syscall", False, f"bpf(BPF_MAP_CREATE) failed: {os.strerror(err)}", "see dmesg")
+    return Finding("bpf_syscall", False, *described)
+
+
 def _check_perf_paranoid(proc: Path, privileged: bool) -> Finding:
     text = _read(proc / "sys" / "kernel" / "perf_event_paranoid")
     if text is None:
@@ -285,6 +301,7 @@ def diagnose(config: SamplerConfig | None = None) -> list[Finding]:
     return [
         _check_bcc(),
         privileges,
+        _check_bpf_syscall(config.proc, privileges.ok),
         _check_perf_paranoid(config.proc, privileges.ok),
         _check_lockdown(config.sysfs),
         _check_headers(config.headers),
@@ -397,8 +414,10 @@ class Sampler:
         self._perf_fds: list[int] = []
         self.cpus: list[int] = []
 
-        preflight = [_check_bcc(), _check_privileges(config.proc), _check_cpus(config.sysfs)]
+        privileges = _check_privileges(config.proc)
+        preflight = [_check_bcc(), privileges, _check_cpus(config.sysfs)]
         raise_for(preflight)
+        raise_for([_check_bpf_syscall(config.proc, privileges.ok)])  # before bcc blames the headers
         if not config.source.is_file():
             raise BPFUnavailableError(f"BPF program {config.source} is missing", help="reinstall node-agent")
         self.headers = headers or config.headers.find()

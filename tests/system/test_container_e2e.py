@@ -1,0 +1,599 @@
+"""The image as users run it: built from the Dockerfile, run by podman + runc (and containerd + ctr)
+with the flags deploy/daemonset.yaml gives the agent, judging Go services in other containers.
+
+Two workload containers run the bundled Go service with ``--cpus=1`` and GOMAXPROCS=64, under load:
+one plain (podman's cgroup), one under a kubelet-shaped parent ``kubepods/burstable/pod<uid>``
+that the fake API server names shop/web-7d9f8b6c5-x2kqz/app. Oracles: the runtime's own view
+(container ids, cgroup paths), the kernel (EROFS on a write), a real Prometheus (the alert), and
+the manifest (every flag is derived from it by tests/containers.py).
+
+Figures (build times, image size, start-to-ready, memory peak) are printed and written to
+``$NODE_AGENT_E2E_FIGURES`` (default: the test's tmp dir) for the README.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.lab.gotoolchain import GoToolchain, build_env, find_toolchains
+from tests.capabilities import need, need_root
+from tests.containers import (
+    Built,
+    Container,
+    DaemonSetAgent,
+    MemoryPeak,
+    container,
+    ensure_image,
+    image_size,
+    load_daemonset,
+    memory_cgroup,
+    podman,
+    podman_flags,
+    remove_cgroup_tree,
+    run,
+)
+from tests.fakeapi import FakeKubeAPI, make_container, make_pod, uid_of
+from tests.test_daemon_kube import kubeconfig, scrape
+from tests.test_e2e_prometheus import ALERT, free_port, get, short_rules, wait_for
+from tests.workloads import build_demo
+
+pytestmark = [pytest.mark.slow, pytest.mark.bpf, pytest.mark.cgroup]
+
+NODE = "node-a"
+POD_N = 7310
+POD = ("shop", "web-7d9f8b6c5-x2kqz", "app")
+FIGURES: dict[str, Any] = {}
+
+
+def record(name: str, value: Any) -> None:
+    FIGURES[name] = value
+    print(f"[container-e2e] {name} = {value}")
+    out = os.environ.get("NODE_AGENT_E2E_FIGURES")
+    if out:
+        Path(out).write_text(json.dumps(FIGURES, indent=2) + "\n")
+
+
+# ---- fixtures -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Images:
+    base: Built
+    agent: Built
+
+
+@pytest.fixture(scope="module")
+def images() -> Images:
+    need_root()
+    for tool in ("podman", "runc", "mmdebstrap"):
+        need(shutil.which(tool) is not None, f"{tool} (scripts/setup.sh installs it)")
+    base, agent = ensure_image()
+    record("base_image_build_s", None if base.seconds is None else round(base.seconds, 1))
+    record("agent_image_build_s", None if agent.seconds is None else round(agent.seconds, 1))
+    record("agent_image_size_mb", round(image_size(agent.name) / 1e6, 1))
+    return Images(base, agent)
+
+
+@pytest.fixture(scope="module")
+def spec() -> DaemonSetAgent:
+    return load_daemonset()
+
+
+@dataclass
+class Workload:
+    container: Container
+    url: str
+    cgroup: str  # as /proc/PID/cgroup shows it (v1 cpu line)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def _workload(base: str, demo: Path, cgroup_parent: str | None) -> Iterator[Workload]:
+    port = free_port()
+    flags = ["--pull=never", "--network=host", "--cpus=1", "-e", "GOMAXPROCS=64", "-v", f"{demo}:/demo:ro"]
+    if cgroup_parent:
+        flags.append(f"--cgroup-parent={cgroup_parent}")
+    with container(base, flags, ["/demo", "serve", "-addr", f"127.0.0.1:{port}"], stop_timeout=2) as c:
+        wait_for(lambda: _port_open(port), 30, f"the Go service in {c.name}")
+        lines = Path(f"/proc/{c.pid()}/cgroup").read_text().splitlines()
+        cpu = next(line.split(":", 2)[2] for line in lines if "cpu" in line.split(":")[1].split(","))
+        yield Workload(c, f"http://127.0.0.1:{port}", cpu)
+
+
+@dataclass(frozen=True)
+class Workloads:
+    plain: Workload
+    kube: Workload
+    pod_uid: str
+    demo: Path
+
+
+@pytest.fixture(scope="module")
+def workloads(images: Images) -> Iterator[Workloads]:
+    """Two GOMAXPROCS=64 services limited to 1 CPU, under load for the whole module."""
+    demo = build_demo()
+    root = f"/node-agent-test-e2e-{uuid.uuid4().hex[:8]}"
+    pod_uid = uid_of(POD_N)
+    loads: list[subprocess.Popen[bytes]] = []
+    try:
+        with (
+            _workload(images.base.name, demo, None) as plain,
+            _workload(images.base.name, demo, f"{root}/kubepods/burstable/pod{pod_uid}") as kube,
+        ):
+            for w in (plain, kube):
+                loads.append(
+                    subprocess.Popen(
+                        [str(demo), "load", "-url", w.url, "-c", "4", "-d", "1800s"],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+            try:
+                yield Workloads(plain, kube, pod_uid, demo)
+            finally:
+                for p in loads:
+                    p.kill()
+                    p.wait(10)
+    finally:
+        remove_cgroup_tree(root)
+
+
+def agent_args(spec: DaemonSetAgent, command: str, *extra: str) -> list[str]:
+    """The manifest's args with its subcommand swapped (scan has no --listen)."""
+    args = list(spec.args)
+    assert args[0] == "run", args
+    args[0] = command
+    if command == "scan" and "--listen" in args:
+        i = args.index("--listen")
+        del args[i : i + 2]
+    return [*args, *extra]
+
+
+def flags(spec: DaemonSetAgent, **kw: Any) -> list[str]:
+    return podman_flags(spec, field_values={"NODE_NAME": NODE}, **kw)
+
+
+def scan_rows(images: Images, spec: DaemonSetAgent, **kw: Any) -> tuple[list[dict[str, Any]], str]:
+    res = podman(
+        "run", "--rm", *flags(spec, **kw), images.agent.name, *agent_args(spec, "scan", "--json", "--duration", "6"),
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout), res.stderr
+
+
+def assert_flagged(rows: list[dict[str, Any]], w: Workload, stderr: str) -> None:
+    cid = w.container.id
+    mine = [r for r in rows if r["cgroup"] == w.cgroup]
+    assert mine, ([r["cgroup"] for r in rows], stderr[-2000:])
+    row = mine[0]
+    assert cid in row["cgroup"] and len(cid) == 64
+    assert row["gomaxprocs"] == 64 and row["gomaxprocs_source"] == "live"
+    assert row["cpu_limit_cores"] == 1.0
+    assert row["verdict"] == "gomaxprocs_above_limit"
+    assert row["recommended_gomaxprocs"] == 2
+    assert row["samples"] > 0
+
+
+# ---- scan -------------------------------------------------------------------------------------
+
+
+def test_scan_in_the_agent_container_flags_both_go_containers(
+    images: Images, spec: DaemonSetAgent, workloads: Workloads
+) -> None:
+    rows, stderr = scan_rows(images, spec)
+    assert_flagged(rows, workloads.plain, stderr)
+    assert_flagged(rows, workloads.kube, stderr)
+    assert f"/kubepods/burstable/pod{workloads.pod_uid}/libpod-{workloads.kube.container.id}" in workloads.kube.cgroup
+
+
+def test_node_without_kernel_headers_samples_with_the_images_fallback(
+    images: Images, spec: DaemonSetAgent, workloads: Workloads
+) -> None:
+    """No /lib/modules, no /usr/src mounted (and no kheaders on this kernel): the bundled tree is used."""
+    header_mounts = [m.path for m in spec.mounts if m.host_path in {"/lib/modules", "/usr/src"}]
+    assert len(header_mounts) == 2
+    need(not Path("/sys/kernel/kheaders.tar.xz").exists(), "a kernel without the kheaders tarball loaded")
+    rows, _ = scan_rows(images, spec, drop_mounts=header_mounts)
+    assert_flagged(rows, workloads.kube, "")
+    res = podman(
+        "run", "--rm", *flags(spec, drop_mounts=header_mounts), "--entrypoint", "python3", images.agent.name, "-c",
+        "from agent.sampling.kheaders import HeaderSearch; from pathlib import Path; "
+        "print(HeaderSearch(host_root=Path('/host')).find().describe())",
+    )  # fmt: skip
+    assert "the agent's bundled headers (linux-headers-" in res.stdout, res.stdout
+
+
+def test_runtime_default_seccomp_blocking_bpf_is_named_with_the_fix(images: Images, spec: DaemonSetAgent) -> None:
+    """podman's default profile allows bpf() only with CAP_SYS_ADMIN: the error says seccomp, not headers."""
+    res = podman(
+        "run", "--rm", *flags(spec, seccomp="RuntimeDefault"), images.agent.name,
+        *agent_args(spec, "scan", "--duration", "1"), timeout=300, check=False,
+    )  # fmt: skip
+    assert res.returncode == 3, res.stderr
+    assert "bpf() is refused (EPERM) although the capabilities allow it" in res.stderr
+    assert "seccomp filter" in res.stderr and "seccomp=unconfined" in res.stderr
+    assert "Traceback" not in res.stderr and "kernel headers" not in res.stderr.split("(")[0]
+
+
+# ---- the agent must not be able to harm the host ----------------------------------------------
+
+
+def test_agent_container_cannot_write_a_host_cgroup_file(
+    images: Images, spec: DaemonSetAgent, workloads: Workloads
+) -> None:
+    """The workload's CPU quota, through /host/sys and through the host's pid 1: both refused.
+
+    Without the read-only sub-mounts (a runtime without recursiveReadOnly) the same write goes
+    through; it rewrites the value the file already holds, so the host is not changed.
+    """
+    quota = Path("/sys/fs/cgroup/cpu") / workloads.kube.cgroup.lstrip("/") / "cpu.cfs_quota_us"
+    before = quota.read_text().strip()
+    assert before == "100000"
+    script = (
+        f'echo {before} > /host{quota} && echo WROTE-HOST-SYS; '
+        f'echo {before} > /host/proc/1/root{quota} && echo WROTE-HOST-PROC; '
+        f'echo {before} > /proc/1/root{quota} && echo WROTE-PROC; true'
+    )  # fmt: skip
+    closed = podman("run", "--rm", *flags(spec), "--entrypoint", "sh", images.agent.name, "-c", script)
+    assert "WROTE" not in closed.stdout, closed.stdout
+    assert f"cannot create /host{quota}: Read-only file system" in closed.stderr
+    open_ = podman("run", "--rm", *flags(spec, rro=False), "--entrypoint", "sh", images.agent.name, "-c", script)
+    assert "WROTE-HOST-SYS" in open_.stdout  # the hole the start-up check reports (next test)
+    assert "WROTE-HOST-PROC" not in open_.stdout and "WROTE-PROC" not in open_.stdout
+    assert quota.read_text().strip() == before
+
+
+def test_writable_host_mounts_are_reported_on_readyz_and_metrics(images: Images, spec: DaemonSetAgent) -> None:
+    port = free_port()
+    args = agent_args(spec, "run", "--listen", f"127.0.0.1:{port}", "--no-kubernetes", "--interval", "3")
+    with container(images.agent.name, flags(spec, rro=False), args) as agent:
+        _status, body = wait_for(
+            lambda: (r := get(f"http://127.0.0.1:{port}/readyz"))[0] == 503 and b"host mounts writable" in r[1] and r,
+            120,
+            "/readyz naming the writable host mounts",
+        )
+        metrics = get(f"http://127.0.0.1:{port}/metrics")[1].decode()
+        logs = agent.logs()
+    assert b"/host/sys/fs/cgroup/cpu (cgroup)" in body, body
+    assert 'node_agent_errors_total{kind="host_mount_writable"}' in metrics
+    assert "host mounts writable" in logs
+
+
+# ---- run: /metrics, profiles, Prometheus ------------------------------------------------------
+
+
+def test_run_in_the_agent_container_serves_metrics_profiles_and_fires_the_alert(
+    images: Images, spec: DaemonSetAgent, workloads: Workloads, tmp_path: Path
+) -> None:
+    prometheus = shutil.which("prometheus")
+    need(prometheus is not None, "prometheus (Debian package prometheus)")
+    assert prometheus is not None
+    port, prom_port = free_port(), free_port()
+    pod = make_pod(
+        POD[1], n=POD_N, node=NODE, namespace=POD[0], owner=("ReplicaSet", "web-7d9f8b6c5"),
+        containers=[make_container(POD[2], limits={"cpu": "1"}, env=[{"name": "GOMAXPROCS", "value": "64"}])],
+    )  # fmt: skip
+    pod["status"]["containerStatuses"][0]["containerID"] = f"containerd://{workloads.kube.container.id}"
+    rules = short_rules(tmp_path)
+    (tmp_path / "prometheus.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+                "rule_files": [str(rules)],
+                "scrape_configs": [
+                    {"job_name": "node-agent", "honor_labels": True,
+                     "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+                ],
+            }
+        )
+    )  # fmt: skip
+    with FakeKubeAPI() as api:
+        api.create_pod(pod)
+        cfg = kubeconfig(tmp_path / "kubeconfig", api.url)
+        cfg.chmod(0o644)
+        extra = ["-v", f"{cfg}:/etc/node-agent/kubeconfig:ro"]
+        args = agent_args(spec, "run", "--listen", f"127.0.0.1:{port}", "--interval", "3")
+        started = time.monotonic()
+        with container(
+            images.agent.name, [*flags(spec, extra_env={"KUBECONFIG": "/etc/node-agent/kubeconfig"}), *extra], args
+        ) as agent:
+            mem = MemoryPeak(agent.pid(), memory_cgroup(agent.pid()))
+            wait_for(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 180, "the agent's /readyz")
+            record("start_to_ready_s", round(time.monotonic() - started, 1))
+            prom = subprocess.Popen(
+                [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                plain_name = f"podman:{workloads.plain.container.id[:12]}"  # outside Kubernetes: runtime + id
+                want = {POD[2], plain_name}
+
+                def flagged() -> dict[str, list[tuple[dict[str, str], float]]] | None:
+                    mem.poll()
+                    m = scrape(port)
+                    names = {lbl.get("container") for lbl, v in m.get("node_agent_go_misconfigured", []) if v == 1}
+                    return m if want <= names else None
+
+                metrics = wait_for(flagged, 120, "both containers flagged on /metrics")
+
+                def firing() -> set[str]:
+                    mem.poll()
+                    status, body = get(f"http://127.0.0.1:{prom_port}/api/v1/alerts")
+                    if status != 200:
+                        return set()
+                    alerts = json.loads(body)["data"]["alerts"]
+                    names = {
+                        a["labels"].get("container", "")
+                        for a in alerts
+                        if a["labels"].get("alertname") == ALERT and a["state"] == "firing"
+                    }
+                    return names if want <= names else set()
+
+                wait_for(firing, 120, f"{ALERT} firing for both containers")
+                listing = get(f"http://127.0.0.1:{port}/profiles")
+                profile = get(f"http://127.0.0.1:{port}/profiles/{'/'.join(POD)}")
+                mem.poll()
+            finally:
+                prom.terminate()
+                prom.wait(30)
+            logs = agent.logs()
+        record("agent_rss_peak_mib_run", round(mem.rss_peak / 2**20, 1))
+    labels = {"namespace": POD[0], "pod": POD[1], "container": POD[2]}
+    gomaxprocs = [v for lbl, v in metrics["node_agent_go_gomaxprocs"] if lbl.items() >= labels.items()]
+    limit = [v for lbl, v in metrics["node_agent_container_cpu_limit_cores"] if lbl.items() >= labels.items()]
+    assert gomaxprocs == [64.0] and limit == [1.0], logs[-2000:]
+    assert listing[0] == 200 and POD[1].encode() in listing[1]
+    assert profile[0] == 200 and gzip.decompress(profile[1])  # a gzipped profile.proto
+    assert "Traceback" not in logs
+
+
+# ---- memory under the manifest's limit -----------------------------------------------------------
+
+
+def _go_binaries() -> list[list[str]]:
+    """Long-running big Go daemons from Debian (each on loopback, state in a temp dir by the caller)."""
+    cmds = []
+    if shutil.which("etcd"):
+        client, peer = "http://127.0.0.1:{p1}", "http://127.0.0.1:{p2}"
+        cmds.append(["etcd", "--listen-client-urls", client, "--advertise-client-urls", client,
+                     "--listen-peer-urls", peer, "--data-dir", "{tmp}/etcd"])  # fmt: skip
+    if shutil.which("prometheus-node-exporter"):
+        cmds.append(["prometheus-node-exporter", "--web.listen-address=127.0.0.1:{p1}"])
+    if shutil.which("prometheus"):
+        cmds.append(["prometheus", "--config.file=/dev/null", "--storage.tsdb.path={tmp}/prom",
+                     "--web.listen-address=127.0.0.1:{p1}"])  # fmt: skip
+    return cmds
+
+
+def _rebuild_forever(toolchains: list[GoToolchain], tmp: Path, stop: threading.Event) -> None:
+    """Every toolchain rebuilds the demo service from scratch (go, compile, asm, link: big Go
+    binaries, a different build each), and runc runs, until ``stop``."""
+    src = Path(__file__).resolve().parents[2] / "agent" / "commands" / "demo"
+    while not stop.is_set():
+        for i, tc in enumerate(toolchains):
+            if stop.is_set():
+                return
+            cache = tmp / f"go-{i}"
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                subprocess.run(
+                    [str(tc.go), "build", "-a", "-o", str(tmp / f"demo-{i}"), "."],
+                    cwd=src, env=build_env(tc, cache), capture_output=True, timeout=300, check=False,
+                )  # fmt: skip
+                subprocess.run(["runc", "list"], capture_output=True, timeout=30, check=False)
+            shutil.rmtree(cache, ignore_errors=True)
+
+
+def test_memory_soak_under_the_manifests_limit_with_many_big_go_binaries(
+    images: Images, spec: DaemonSetAgent, workloads: Workloads, tmp_path: Path
+) -> None:
+    """The agent container, limited as the manifest limits it, while Debian's big Go daemons run and
+    every installed Go toolchain (go, compile, link, asm: a different build each) and runc run in a loop."""
+    assert spec.memory_limit
+    minutes = float(os.environ.get("NODE_AGENT_E2E_SOAK_MINUTES", "2"))
+    daemons = _go_binaries()
+    need(len(daemons) == 3, "etcd-server, prometheus-node-exporter, prometheus (scripts/setup.sh)")
+    toolchains = find_toolchains()
+    need(len(toolchains) >= 3, "several Go toolchains (scripts/setup.sh)")
+    procs: list[subprocess.Popen[bytes]] = []
+    stop = threading.Event()
+    builder = threading.Thread(target=_rebuild_forever, args=(toolchains, tmp_path, stop), daemon=True)
+    port = free_port()
+    try:
+        for cmd in daemons:
+            p1, p2 = free_port(), free_port()
+            argv = [a.format(p1=p1, p2=p2, tmp=tmp_path) for a in cmd]
+            procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path))
+        builder.start()
+        args = agent_args(spec, "run", "--listen", f"127.0.0.1:{port}", "--no-kubernetes", "--interval", "3")
+        with container(images.agent.name, flags(spec), args) as agent:
+            mem = MemoryPeak(agent.pid(), memory_cgroup(agent.pid()))
+            wait_for(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 180, "the agent's /readyz")
+            deadline = time.monotonic() + minutes * 60
+            series: set[str] = set()
+            while time.monotonic() < deadline:
+                mem.poll()
+                m = scrape(port)
+                series |= {lbl.get("container", "") for lbl, _ in m.get("node_agent_go_info", [])}
+                time.sleep(2)
+            mem.poll()
+            state = agent.state()
+            logs = agent.logs()
+    finally:
+        stop.set()
+        for p in procs:
+            p.kill()
+            p.wait(30)
+        builder.join(120)
+    limit = spec.memory_limit
+    record("soak_minutes", minutes)
+    record("soak_go_series_seen", len(series))
+    record("agent_rss_peak_mib_soak", round(mem.rss_peak / 2**20, 1))
+    record("agent_cgroup_usage_peak_mib_soak", round(mem.usage_peak / 2**20, 1))
+    record("memory_limit_mib", limit / 2**20)
+    assert state["Running"] and not state.get("OOMKilled"), state
+    assert mem.rss_peak < 0.75 * limit, (mem.rss_peak, logs[-2000:])
+    assert "Traceback" not in logs
+
+
+# ---- containerd + ctr -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def containerd(tmp: Path) -> Iterator[str]:
+    """A private containerd (own root, state, socket; no CRI plugin), stopped at the end."""
+    sock = tmp / "containerd.sock"
+    config = tmp / "config.toml"
+    config.write_text(
+        "version = 2\n"
+        f'root = "{tmp}/root"\nstate = "{tmp}/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{tmp}/ttrpc.sock"\n'
+        '[debug]\n  address = ""\n[metrics]\n  address = ""\n'
+    )
+    log = open(tmp / "containerd.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(["containerd", "--config", str(config)], stdout=log, stderr=log, start_new_session=True)
+    try:
+        wait_for(sock.exists, 60, "containerd's socket")
+        yield str(sock)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+        with contextlib.suppress(OSError):
+            run(["umount", "-R", f"{tmp}/state"], check=False, env=dict(os.environ))
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# linux/capability.h, 0..40.
+LINUX_CAPS = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+]
+
+
+def ctr_flags(spec: DaemonSetAgent) -> list[str]:
+    """The same manifest facts in ctr's terms (no rro there either: each sub-mount read-only)."""
+    out = ["--net-host", "--with-ns", "pid:/proc/1/ns/pid"] if spec.host_pid else ["--net-host"]
+    if spec.read_only_root:
+        out.append("--read-only")
+    # ctr takes no "ALL": every capability the kernel knows is dropped by name except the added ones.
+    dropped = LINUX_CAPS if "ALL" in spec.cap_drop else spec.cap_drop
+    out += [a for c in dropped if c not in spec.cap_add for a in ("--cap-drop", f"CAP_{c}")]
+    out += [a for c in spec.cap_add for a in ("--cap-add", f"CAP_{c}")]
+    if spec.memory_limit:
+        out += ["--memory-limit", str(spec.memory_limit)]
+    if spec.seccomp != "Unconfined":
+        out.append("--seccomp")
+    pf = podman_flags(spec, field_values={"NODE_NAME": NODE})
+    for i, f in enumerate(pf):
+        if f == "-v":
+            src, dst, *ro = pf[i + 1].split(":")
+            out += ["--mount", f"type=bind,src={src},dst={dst},options=rbind:{'ro' if ro else 'rw'}"]
+        elif f == "--tmpfs":
+            dst = pf[i + 1].split(":")[0]
+            out += ["--mount", f"type=tmpfs,src=tmpfs,dst={dst},options=rw:nosuid:nodev"]
+        elif f == "-e":
+            out += ["--env", pf[i + 1]]
+    return out
+
+
+def test_the_same_image_under_containerd_and_ctr_passes_the_scan_check(
+    images: Images, spec: DaemonSetAgent, workloads: Workloads
+) -> None:
+    for tool in ("containerd", "ctr"):
+        need(shutil.which(tool) is not None, f"{tool} (Debian package containerd)")
+    tmp = Path(tempfile.mkdtemp(prefix="na-ctrd-"))  # short: a unix socket path must fit 108 bytes
+    archive = tmp / "image.tar"
+    started = time.monotonic()
+    # Uncompressed layers: nothing to gzip here and gunzip again in containerd.
+    podman("save", "--format", "oci-archive", "--uncompressed", "-o", str(archive), images.agent.name, timeout=600)
+    with containerd(tmp) as sock:
+        ctr = ["ctr", "--address", sock, "--namespace", "node-agent-test"]
+        env = dict(os.environ)
+        imported = run([*ctr, "images", "import", "--base-name", "localhost/node-agent-test", str(archive)],
+                       timeout=600, env=env)  # fmt: skip
+        archive.unlink()
+        ref = next(
+            line.split()[0]
+            for line in run([*ctr, "images", "ls", "-q"], env=env).stdout.splitlines()
+            if line.startswith("localhost/node-agent-test")
+        )
+        record("containerd_import_s", round(time.monotonic() - started, 1))
+        name = f"node-agent-test-{uuid.uuid4().hex[:8]}"
+        res = run(
+            [*ctr, "run", "--rm", *ctr_flags(spec), ref, name, "node-agent",
+             *agent_args(spec, "scan", "--json", "--duration", "6")],
+            timeout=300, check=False, env=env,
+        )  # fmt: skip
+        run([*ctr, "containers", "rm", name], check=False, env=env)
+    assert res.returncode == 0, (imported.stdout, res.stderr[-3000:])
+    rows = json.loads(res.stdout)
+    assert_flagged(rows, workloads.plain, res.stderr)
+    assert_flagged(rows, workloads.kube, res.stderr)
