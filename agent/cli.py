@@ -176,7 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import logging
 
     from agent.commands.daemon import Daemon, DaemonConfig
-    from agent.export.http import parse_listen
+    from agent.export.http import ProfileAccess, parse_listen
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper(), logging.INFO),
@@ -186,10 +186,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         listen = parse_listen(args.listen)
     except ValueError as exc:
         raise NodeAgentError(str(exc)) from None
+    if args.profiles_token_file:
+        profiles = ProfileAccess.from_token_file(args.profiles_token_file)
+    else:
+        profiles = ProfileAccess(enabled=args.profiles)
     cfg = DaemonConfig(
         interval_s=args.interval,
         frequency_hz=args.frequency,
-        listen=listen,
+        listen=tuple(listen),
+        profiles=profiles,
         host_root=args.host_root,
         kernel_headers=args.kernel_headers,
         cache_dir=args.cache_dir,
@@ -262,8 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--listen",
-        default=_env("NODE_AGENT_LISTEN", ":9464"),
-        help="HOST:PORT for /metrics and the probes (default :9464) [NODE_AGENT_LISTEN]",
+        default=_env("NODE_AGENT_LISTEN", "127.0.0.1:9464"),
+        help="HOST:PORT[,HOST:PORT...] for /metrics and the probes; [::]:PORT or :PORT is every address, "
+        "IPv6 and IPv4 (default 127.0.0.1:9464) [NODE_AGENT_LISTEN]",
+    )
+    run.add_argument(
+        "--profiles",
+        action="store_true",
+        default=_env("NODE_AGENT_PROFILES", "") not in ("", "0", "false"),
+        help="serve /profiles (every container's functions, source paths, exe path and build ID) to anyone "
+        "who reaches the port; off by default [NODE_AGENT_PROFILES]",
+    )
+    run.add_argument(
+        "--profiles-token-file",
+        default=os.environ.get("NODE_AGENT_PROFILES_TOKEN_FILE") or None,
+        metavar="FILE",
+        help="serve /profiles only to requests with 'Authorization: Bearer <the file's content>' "
+        "(implies --profiles) [NODE_AGENT_PROFILES_TOKEN_FILE]",
     )
     run.add_argument(
         "--max-series",

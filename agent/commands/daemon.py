@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -32,7 +32,7 @@ from agent.analysis.model import GoProcessReport, ScanResult
 from agent.analysis.pipeline import KubeSource, Pipeline
 from agent.commands.scan import ScanConfig, sampler_config
 from agent.errors import BPFUnavailableError, NodeAgentError
-from agent.export.http import AgentHTTPServer, Health, ProfileKey, ProfileStore
+from agent.export.http import AgentHTTPServer, Health, ProfileAccess, ProfileKey, ProfileStore, format_address
 from agent.export.metrics import AgentMetrics, labels_of
 from agent.export.pprof import ProfilePart, build_profile
 from agent.gobinary.symbolizer import BinaryCache
@@ -47,7 +47,8 @@ log = logging.getLogger("node_agent")
 class DaemonConfig:
     interval_s: float = 15.0
     frequency_hz: int = 97
-    listen: tuple[str, int] = ("0.0.0.0", 9464)
+    listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 9464),)
+    profiles: ProfileAccess = field(default_factory=ProfileAccess)
     host_root: Path = Path("/")
     kernel_headers: Path | None = None
     cache_dir: Path | None = None
@@ -88,7 +89,15 @@ class Daemon:
         self._stop = threading.Event()
         self._sampler: Sampler | None = None
         self._next_bpf_try = 0.0
-        self.server = AgentHTTPServer(cfg.listen, self.registry, self.health, self.profiles)
+        self.server = AgentHTTPServer(
+            cfg.listen,
+            self.registry,
+            health=self.health.alive,
+            ready=self.health.ready,
+            profiles=self.profiles,
+            access=cfg.profiles,
+            on_error=self.metrics.count_error,
+        )
         self.cycles = 0
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -105,7 +114,7 @@ class Daemon:
 
     def run(self) -> int:
         self.server.start()
-        log.info("serving /metrics on %s:%d", self.cfg.listen[0], self.server.port)
+        log.info("serving /metrics on %s", ", ".join(format_address(h, p) for h, p in self.server.addresses))
         try:
             while not self._stop.is_set():
                 started = time.monotonic()
