@@ -30,6 +30,7 @@ import gzip
 import hmac
 import json
 import logging
+import re
 import resource
 import socket
 import threading
@@ -182,12 +183,17 @@ class BadRequest(Exception):
     pass
 
 
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def parse_head(head: bytes, max_headers: int) -> Request:
     """The request line and headers of one HTTP/1.x request (no body allowed)."""
     try:
         text = head.decode("latin-1")
     except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
         raise BadRequest("undecodable request") from None
+    if _CONTROL.search(text.replace("\r\n", "")):
+        raise BadRequest("control characters in the request head")  # a bare CR or LF could split a response
     lines = text.split("\r\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -407,8 +413,10 @@ class AgentHTTPServer:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         for sock in self._socks:
+            # backlog also bounds how many connections one wake-up accepts before the cap is applied
+            backlog = max(4, self.cap // 4)
             server = self._loop.run_until_complete(
-                asyncio.start_server(self._accepted, sock=sock, limit=self.limits.max_header_bytes)
+                asyncio.start_server(self._accepted, sock=sock, limit=self.limits.max_header_bytes, backlog=backlog)
             )
             self._servers.append(server)
         try:
@@ -472,10 +480,17 @@ class AgentHTTPServer:
 
     async def _serve(self, reader: asyncio.StreamReader, conn: _Conn) -> None:
         lim = self.limits
-        first_wait = lim.header_timeout_s
+        kept_alive = False
         while True:
             # The first byte may take the keep-alive idle time; the rest of the head must follow quickly.
-            first = await asyncio.wait_for(reader.readexactly(1), first_wait)
+            try:
+                first = await asyncio.wait_for(
+                    reader.readexactly(1), lim.idle_timeout_s if kept_alive else lim.header_timeout_s
+                )
+            except TimeoutError:
+                if kept_alive:
+                    return  # an idle keep-alive connection expiring is normal, not an error
+                raise
             head = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), lim.header_timeout_s)
             req = parse_head(head, lim.max_headers)
             conn.serving = True
@@ -494,7 +509,7 @@ class AgentHTTPServer:
             if not keep:
                 return
             conn.opened = time.monotonic()  # eviction order is by last activity
-            first_wait = lim.idle_timeout_s
+            kept_alive = True
 
     async def _write(self, conn: _Conn, resp: Response, keep: bool, head_only: bool = False) -> None:
         status = HTTPStatus(resp.status)
