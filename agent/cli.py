@@ -186,6 +186,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         listen = parse_listen(args.listen)
     except ValueError as exc:
         raise NodeAgentError(str(exc)) from None
+    if args.user:
+        from agent.host.privileges import drop_to, parse_user
+
+        try:
+            uid, gid = parse_user(args.user)
+        except ValueError as exc:
+            raise NodeAgentError(str(exc)) from None
+        drop_to(uid, gid)  # first: before any thread, before any tenant input
     if args.profiles_token_file:
         profiles = ProfileAccess.from_token_file(args.profiles_token_file)
     else:
@@ -270,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("NODE_AGENT_LISTEN", "127.0.0.1:9464"),
         help="HOST:PORT[,HOST:PORT...] for /metrics and the probes; [::]:PORT or :PORT is every address, "
         "IPv6 and IPv4 (default 127.0.0.1:9464) [NODE_AGENT_LISTEN]",
+    )
+    run.add_argument(
+        "--user",
+        default=os.environ.get("NODE_AGENT_USER") or None,
+        metavar="UID[:GID]",
+        help="started as root, switch to this uid (one that owns nothing) keeping only the capabilities, so "
+        "the agent can read what it needs and write nothing it does not own [NODE_AGENT_USER]",
     )
     run.add_argument(
         "--profiles",
