@@ -11,6 +11,7 @@ user's process, and fails without CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE or CAP_DA
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -320,17 +321,18 @@ def test_daemonset_is_not_privileged_and_has_the_documented_capabilities() -> No
     added = sc["capabilities"]["add"]
     assert len(added) == len(set(added))
     assert set(added) == CAPABILITIES
-    assert sc["seccompProfile"] == {"type": "Unconfined"}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}  # bcc works under it: see the containerd test
     assert sc["appArmorProfile"] == {"type": "Unconfined"}  # ptrace-reads of peers under other profiles
     # No pod-level security context may widen it again.
     pod_sc = spec.get("securityContext", {})
     assert "sysctls" not in pod_sc
-    assert pod_sc.get("seccompProfile", {"type": "Unconfined"}) == {"type": "Unconfined"}
+    assert pod_sc.get("seccompProfile", {"type": "RuntimeDefault"}) == {"type": "RuntimeDefault"}
     # Every capability is explained next to the list, and the Unconfined choices say why.
     text = DAEMONSET.read_text()
     for cap in sorted(CAPABILITIES | {"SYS_ADMIN"}):
         assert re.search(rf"^\s*#\s+{cap}\s+\S", text, re.MULTILINE), f"{cap} is not documented in a comment"
-    assert re.search(r"#.*Unconfined seccomp, for bpf\(\) and perf_event_open\(\)", text)
+    assert re.search(r"#.*RuntimeDefault seccomp: containerd's default profile", text)
+    assert re.search(r'#.*use "type: Unconfined"', text)  # where the runtime's profile wants SYS_ADMIN
 
 
 def test_host_mounts_are_read_only_and_only_scratch_is_writable() -> None:
@@ -757,9 +759,11 @@ try:
     end = time.monotonic() + 0.5
     while time.monotonic() < end:
         pass
-    mine = [(k, v.value) for k, v in b["counts"].items() if k.tgid == os.getpid()]
+    everyone = [(k, v.value) for k, v in b["counts"].items()]
+    mine = [(k, v) for k, v in everyone if k.tgid == os.getpid()]  # only without a PID namespace of its own
     print(json.dumps({"caps": caps, "samples": sum(v for _, v in mine),
-                      "with_stack": sum(v for k, v in mine if k.user_stack >= 0)}))
+                      "with_stack": sum(v for k, v in mine if k.user_stack >= 0),
+                      "all_with_stack": sum(v for k, v in everyone if k.user_stack >= 0)}))
 except Exception as exc:
     print(json.dumps({"caps": caps, "error": str(exc)}))
 """
@@ -1157,3 +1161,110 @@ def test_agent_without_host_pid_reads_live_gomaxprocs_as_a_uid_that_owns_nothing
     cap_eff = int(next(ln for ln in status.splitlines() if ln.startswith("CapEff:")).split()[1], 16)
     assert cap_eff == sum(1 << CAP_BITS[c] for c in CAPABILITIES - {"SETUID", "SETGID"}) & host_caps()
     assert "Traceback" not in log.read_text()
+
+
+# ---- seccomp: RuntimeDefault, as containerd applies it ----------------------------------------
+
+# ctr's default capabilities (the OCI defaults), dropped so that the container has exactly ours.
+CTR_DEFAULT_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
+                    "NET_BIND_SERVICE", "NET_RAW", "SYS_CHROOT", "MKNOD", "AUDIT_WRITE", "SETFCAP")  # fmt: skip
+
+
+@contextlib.contextmanager
+def containerd_daemon(workdir: Path) -> Iterator[str]:
+    """A private containerd (no CRI plugin) on a socket under ``workdir``; stopped on exit."""
+    binary = shutil.which("containerd")
+    need(binary is not None and shutil.which("ctr") is not None, "containerd and ctr (Debian package containerd)")
+    assert binary is not None
+    sock = workdir / "containerd.sock"
+    config = workdir / "containerd.toml"
+    config.write_text(
+        f'version = 2\nroot = "{workdir}/root"\nstate = "{workdir}/state"\n'
+        f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{sock}"\n'
+    )
+    with open(workdir / "containerd.log", "wb") as log:
+        proc = subprocess.Popen([binary, "--config", str(config)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert sock.exists(), (workdir / "containerd.log").read_text()[-2000:]
+        yield str(sock)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@contextlib.contextmanager
+def usr_rootfs(workdir: Path) -> Iterator[Path]:
+    """A root filesystem of this machine's /usr (read-only bind) and empty dirs: Debian's python3 and bcc."""
+    rootfs = workdir / "rootfs"
+    for d in ("usr", "etc", "proc", "sys", "dev", "tmp", "probe"):
+        (rootfs / d).mkdir(parents=True)
+    for link in ("lib", "lib64", "bin", "sbin"):
+        (rootfs / link).symlink_to(f"usr/{link}")
+    subprocess.run(["mount", "--bind", "/usr", str(rootfs / "usr")], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(rootfs / "usr")], check=True)
+        yield rootfs
+    finally:
+        subprocess.run(["umount", "-l", str(rootfs / "usr")], check=False)
+
+
+@pytest.mark.bpf
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("removed", "works"),
+    [(frozenset(), True), (frozenset({"PERFMON"}), False)],
+    ids=["documented-set", "without-PERFMON"],
+)
+def test_bcc_profiling_works_under_containerds_runtime_default_seccomp(
+    tmp_path: Path, removed: frozenset[str], works: bool
+) -> None:
+    """``seccompProfile: RuntimeDefault`` on containerd is the profile ``ctr run --seccomp`` applies
+    (containerd's generated default, which allows bpf() and perf_event_open() to containers with
+    CAP_BPF/CAP_PERFMON): bcc loads, attaches and samples under it with exactly the DaemonSet's set."""
+    need_root()
+    need(
+        subprocess.run(["/usr/bin/python3", "-c", "import bcc"], capture_output=True, check=False).returncode == 0,
+        "bcc for /usr/bin/python3 (Debian python3-bpfcc)",
+    )
+    with containerd_daemon(tmp_path) as sock, usr_rootfs(tmp_path) as rootfs:
+        env = kernel_headers(rootfs / "probe")
+        need(env is not None, "kernel headers (/lib/modules/$(uname -r)/build or /usr/src/linux-headers-*)")
+        assert env is not None
+        env = {k: "/" + str(Path(v).relative_to(rootfs)) for k, v in env.items()}  # the path inside
+        (rootfs / "probe" / "bcc_probe.py").write_text(BCC_PROGRAM)
+        caps = [a for c in CTR_DEFAULT_CAPS if c not in CAPABILITIES for a in ("--cap-drop", f"CAP_{c}")]
+        available = [c for c in sorted(CAPABILITIES - removed) if host_caps() >> CAP_BITS[c] & 1]  # runc adds no more
+        caps += [a for c in available for a in ("--cap-add", f"CAP_{c}")]
+        envs = [a for k, v in env.items() for a in ("--env", f"{k}={v}")]
+        res = subprocess.run(
+            ["ctr", "--address", sock, "run", "--rm", "--seccomp", *caps, *envs, "--rootfs", str(rootfs),
+             f"node-agent-seccomp-{os.getpid()}", "/usr/bin/python3", "/probe/bcc_probe.py"],
+            capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert int(result["caps"], 16) == sum(1 << CAP_BITS[c] for c in CAPABILITIES - removed) & host_caps()
+    if works:
+        assert "error" not in result, result
+        assert result["all_with_stack"] > 0  # its own pid is another inside the container
+    else:
+        assert "error" in result, result
+
+
+def test_containers_common_default_seccomp_gates_bpf_on_sys_admin() -> None:
+    """Why the manifest says what to do on CRI-O/podman: their default profile (containers-common's
+    seccomp.json, as installed here) allows bpf() and perf_event_open() only with CAP_SYS_ADMIN."""
+    profile = Path("/usr/share/containers/seccomp.json")
+    need(profile.is_file(), "containers-common's seccomp.json (Debian package golang-github-containers-common)")
+    rules = json.loads(profile.read_text())["syscalls"]
+    for call in ("bpf", "perf_event_open"):
+        allowing = [r for r in rules if call in r["names"] and r["action"] == "SCMP_ACT_ALLOW"]
+        assert allowing, call
+        assert all(r.get("includes", {}).get("caps") == ["CAP_SYS_ADMIN"] for r in allowing), (call, allowing)
