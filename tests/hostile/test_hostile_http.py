@@ -476,3 +476,81 @@ def test_listen_on_every_ipv6_and_ipv4_address_in_a_private_netns(tmp_path: Path
     text = log.read_text()
     assert re.search(r"serving /metrics on \[::\]:9464", text), text[-2000:]
     assert "Traceback" not in text
+
+
+# ---- accept failures --------------------------------------------------------------------------
+
+EMFILE_SERVER = r"""
+import os, resource, sys, time
+from prometheus_client import CollectorRegistry, Counter
+from agent.export.http import AgentHTTPServer, Health, ProfileStore
+
+counts = {}
+registry = CollectorRegistry()
+Counter("probe_total", "a series", registry=registry).inc()
+health = Health()
+def count(kind):
+    counts[kind] = counts.get(kind, 0) + 1
+server = AgentHTTPServer([("127.0.0.1", 0)], registry, health=health.alive, ready=health.ready,
+                         profiles=ProfileStore(), on_error=count)
+server.start()
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+# What the sampler holds (perf events, maps, /proc files) fills the table to the last descriptor.
+hog = []
+while True:
+    try:
+        hog.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        break
+print(server.port, flush=True)
+sys.stdin.readline()  # the flood ran against a full table
+for fd in hog:
+    os.close(fd)
+print(dict(counts), flush=True)
+sys.stdin.readline()  # scraped again after the descriptors came back
+server.stop()
+print("stopped", flush=True)
+"""
+
+
+def test_fd_exhaustion_makes_accept_back_off_and_serving_resume(tmp_path: Path) -> None:
+    """With no descriptor left (the 990-connection failure mode), accept() fails with EMFILE: the
+    server counts it, pauses accepting, keeps running, and serves again once descriptors return."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", EMFILE_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert server.stdin is not None and server.stdout is not None
+    socks: list[socket.socket] = []
+    try:
+        port = int(server.stdout.readline())
+        for _ in range(20):
+            s = socket.socket()
+            s.settimeout(2)
+            with contextlib.suppress(OSError):
+                s.connect(("127.0.0.1", port))
+                s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            socks.append(s)
+        time.sleep(1.5)
+        assert server.poll() is None
+        server.stdin.write("\n")
+        server.stdin.flush()
+        counts = server.stdout.readline()
+        # The server is alive and answers once descriptors are back (within the 1 s back-off).
+        deadline = time.monotonic() + 10
+        status = 0
+        while time.monotonic() < deadline and status != 200:
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=3) as r:
+                status = r.status
+            time.sleep(0.2)
+        server.stdin.write("\n")
+        server.stdin.flush()
+        assert server.stdout.readline().strip() == "stopped"
+    finally:
+        for s in socks:
+            s.close()
+        if server.poll() is None:
+            server.kill()
+        server.wait(10)
+    assert status == 200
+    assert "http_accept_failed" in counts, counts
