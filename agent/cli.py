@@ -195,6 +195,24 @@ def _directory(text: str) -> Path:
     return Path(text)
 
 
+def _listen(text: str) -> list[tuple[str, int]]:
+    from agent.export.http import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--listen").lstrip(": ")) from None
+
+
+def _user(text: str) -> tuple[int, int]:
+    from agent.host.privileges import parse_user
+
+    try:
+        return parse_user(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--user").lstrip(": ")) from None
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     """A case-insensitive choice that also validates environment values."""
 
@@ -270,18 +288,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.commands.daemon import Daemon, DaemonConfig
-    from agent.export.http import parse_listen
+    from agent.export.http import ProfileAccess
     from agent.logsetup import configure_logging
 
     configure_logging(args.log_level, args.log_format)
-    try:
-        listen = parse_listen(args.listen)
-    except ValueError as exc:
-        raise NodeAgentError(str(exc)) from None
+    listen = args.listen
+    if args.user:
+        from agent.host.privileges import drop_to
+
+        drop_to(*args.user)  # first: before any thread, before any tenant input
+    if args.profiles_token_file:
+        profiles = ProfileAccess.from_token_file(args.profiles_token_file)
+    else:
+        profiles = ProfileAccess(enabled=args.profiles)
     cfg = DaemonConfig(
         interval_s=args.interval,
         frequency_hz=args.frequency,
-        listen=listen,
+        listen=tuple(listen),
+        profiles=profiles,
         host_root=args.host_root,
         kernel_headers=args.kernel_headers,
         cache_dir=args.cache_dir,
@@ -360,9 +384,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_env_argument(
         "--listen",
         env="NODE_AGENT_LISTEN",
-        type=str,
-        default=":9464",
-        help="HOST:PORT for /metrics and the probes (default :9464)",
+        type=_listen,
+        default=[("127.0.0.1", 9464)],
+        help="HOST:PORT[,HOST:PORT...] for /metrics and the probes; [::]:PORT or :PORT is every address, "
+        "IPv6 and IPv4 (default 127.0.0.1:9464)",
+    )
+    run.add_env_argument(
+        "--user",
+        env="NODE_AGENT_USER",
+        type=_user,
+        default=None,
+        metavar="UID[:GID]",
+        help="started as root, switch to this uid (one that owns nothing) keeping only the capabilities, so "
+        "the agent can read what it needs and write nothing it does not own",
+    )
+    run.add_env_flag(
+        "--profiles",
+        env="NODE_AGENT_PROFILES",
+        help="serve /profiles (every container's functions, source paths, exe path and build ID) to anyone "
+        "who reaches the port; off by default",
+    )
+    run.add_env_argument(
+        "--profiles-token-file",
+        env="NODE_AGENT_PROFILES_TOKEN_FILE",
+        type=_directory,
+        default=None,
+        metavar="FILE",
+        help="serve /profiles only to requests with 'Authorization: Bearer <the file's content>' "
+        "(implies --profiles)",
     )
     run.add_env_argument(
         "--max-series",

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from agent.kube import parse_quantity
+from agent.kube.spec import parse_quantity
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"

@@ -87,7 +87,7 @@ def test_daemon_labels_kubernetes_workloads_from_cgroup_and_pod_watch(tmp_path: 
             cfg = kubeconfig(tmp_path / "kubeconfig", api.url)
             agent = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "--interval", "3", "--listen", f"127.0.0.1:{port}",
-                 "--node-name", "node-a"],
+                 "--node-name", "node-a", "--profiles"],
                 env={**os.environ, "KUBECONFIG": str(cfg)},
                 stdout=subprocess.DEVNULL,
                 stderr=open(tmp_path / "agent.log", "wb"),  # noqa: SIM115

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -33,7 +33,16 @@ from agent.analysis.model import GoProcessReport, ScanResult
 from agent.analysis.pipeline import Pipeline
 from agent.commands.scan import ScanConfig, sampler_config
 from agent.errors import BPFUnavailableError, NodeAgentError
-from agent.export.http import AgentHTTPServer, Health, ProfileKey, ProfileStore
+from agent.export.http import (
+    AgentHTTPServer,
+    Health,
+    ProfileAccess,
+    ProfileKey,
+    ProfileStore,
+    ReadyProbe,
+    all_ready,
+    format_address,
+)
 from agent.export.kubemetrics import KubeErrorCounter, KubeWatchCollector
 from agent.export.metrics import AgentMetrics, labels_of
 from agent.export.pprof import ProfilePart, build_profile
@@ -53,7 +62,8 @@ log = logging.getLogger("node_agent")
 class DaemonConfig:
     interval_s: float = 15.0
     frequency_hz: int = 97
-    listen: tuple[str, int] = ("0.0.0.0", 9464)
+    listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 9464),)
+    profiles: ProfileAccess = field(default_factory=ProfileAccess)
     host_root: Path = Path("/")
     kernel_headers: Path | None = None
     cache_dir: Path | None = None
@@ -83,9 +93,11 @@ class Daemon:
         PlatformCollector(registry=self.registry)
         self.health = Health(stall_after_s=max(300.0, cfg.interval_s * 10))
         self._kube_errors = KubeErrorCounter()
+        ready: ReadyProbe = self.health.ready
         if kube is not None:  # the watcher's health: metrics, and a line in /readyz (never a reason to be unready)
             self.registry.register(KubeWatchCollector(kube.status))
-            self.health.notes = kube.readiness_notes
+            notes = kube.readiness_notes
+            ready = all_ready(self.health.ready, lambda: (True, notes()))
         self.profiles = ProfileStore()
         self.pipeline = Pipeline(
             ProcFS(cfg.host_root / "proc"),
@@ -104,7 +116,15 @@ class Daemon:
         self._signal: int | None = None
         self._sampler: Sampler | None = None
         self._next_bpf_try = 0.0
-        self.server = AgentHTTPServer(cfg.listen, self.registry, self.health, self.profiles)
+        self.server = AgentHTTPServer(
+            cfg.listen,
+            self.registry,
+            health=self.health.alive,
+            ready=ready,
+            profiles=self.profiles,
+            access=cfg.profiles,
+            on_error=self.metrics.count_error,
+        )
         self.cycles = 0
         self._mount_reason = ""
 
@@ -125,7 +145,7 @@ class Daemon:
     def run(self) -> int:
         self._check_host_mounts()
         self.server.start()
-        log.info("serving /metrics on %s:%d", self.cfg.listen[0], self.server.port)
+        log.info("serving /metrics on %s", ", ".join(format_address(h, p) for h, p in self.server.addresses))
         try:
             while not self._stop.is_set():
                 started = time.monotonic()

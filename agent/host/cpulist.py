@@ -6,7 +6,7 @@ MAX_CPUS = 1 << 16  # refuse absurd lists rather than build huge sets
 
 
 def parse_cpu_list(text: str) -> frozenset[int]:
-    """"0-3,8,10-11" -> {0, 1, 2, 3, 8, 10, 11}; "" -> empty. ValueError on anything else."""
+    """ "0-3,8,10-11" -> {0, 1, 2, 3, 8, 10, 11}; "" -> empty. ValueError on anything else."""
     cpus: set[int] = set()
     text = text.strip()
     if not text:

@@ -33,6 +33,10 @@ BAD_ENV = [
     ("NODE_AGENT_LOG_FORMAT", "xml", "must be one of text, json"),
     ("NODE_AGENT_HOST_ROOT", " ", "must be a path"),
     ("NODE_AGENT_KERNEL_HEADERS", " ", "must be a path"),
+    ("NODE_AGENT_LISTEN", "9464", "wants HOST:PORT"),
+    ("NODE_AGENT_USER", "nobody", "wants UID[:GID] as numbers"),
+    ("NODE_AGENT_PROFILES", "maybe", "must be one of 1/true/yes/on or 0/false/no/off"),
+    ("NODE_AGENT_PROFILES_TOKEN_FILE", " ", "must be a path"),
 ]
 
 
@@ -43,7 +47,7 @@ def env_vars_of(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def test_every_run_env_variable_has_a_bad_value_case() -> None:
-    assert {name for name, _, _ in BAD_ENV} | {"NODE_AGENT_LISTEN", "NODE_AGENT_CACHE", "NODE_NAME"} == env_vars_of(
+    assert {name for name, _, _ in BAD_ENV} | {"NODE_AGENT_CACHE", "NODE_NAME"} == env_vars_of(
         build_parser()
     )
 
@@ -109,8 +113,9 @@ def test_defaults_without_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     args = build_parser().parse_args(["run"])
     assert (args.interval, args.max_series, args.bpf_retry, args.frequency) == (15.0, 5000, 60.0, 97)
-    assert (args.listen, args.node_name, args.no_kubernetes, args.host_root) == (":9464", "", False, Path("/"))
+    assert (args.listen, args.node_name, args.no_kubernetes, args.host_root) == ([("127.0.0.1", 9464)], "", False, Path("/"))
     assert (args.log_level, args.log_format, args.cache_dir, args.kernel_headers) == ("info", "text", None, None)
+    assert (args.user, args.profiles, args.profiles_token_file) == (None, False, None)
 
 
 def test_version_works_whatever_the_environment_holds() -> None:

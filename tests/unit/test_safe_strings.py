@@ -25,7 +25,7 @@ from agent.analysis.goruntime import Category
 from agent.analysis.model import GoProcessReport, OtherSummary, ScanResult
 from agent.analysis.verdict import Verdict
 from agent.export import safe
-from agent.export.http import AgentHTTPServer, Health, ProfileStore
+from agent.export.http import AgentHTTPServer, Health, ProfileAccess, ProfileStore
 from agent.export.metrics import AgentMetrics
 from agent.export.pprof import ProfilePart, build_profile, parse_profile
 from agent.export.report import render_table, to_json, write_folded
@@ -210,7 +210,15 @@ def test_every_listed_profile_path_is_fetchable(tmp_path: Path) -> None:
     keys = [(safe.label(ns), safe.label(pod), safe.label(c)) for ns, pod, c in [("", "", n) for n in HOSTILE]]
     keys += [("shop", "web-1", "app"), ("..", ".", "-"), ("-", "", "x")]
     store.replace({k: f"profile {i}".encode() for i, k in enumerate(keys)})
-    server = AgentHTTPServer(("127.0.0.1", 0), CollectorRegistry(), Health(), store)
+    health = Health()
+    server = AgentHTTPServer(
+        [("127.0.0.1", 0)],
+        CollectorRegistry(),
+        health=health.alive,
+        ready=health.ready,
+        profiles=store,
+        access=ProfileAccess(enabled=True),
+    )
     server.start()
     try:
         base = f"http://127.0.0.1:{server.port}"

@@ -78,7 +78,7 @@ def test_revision_of_a_checkout_is_gits(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_daemon_registry_has_process_and_python_self_metrics() -> None:
-    daemon = Daemon(DaemonConfig(listen=("127.0.0.1", 0)))
+    daemon = Daemon(DaemonConfig(listen=(("127.0.0.1", 0),)))
     reg = daemon.registry
     rss = reg.get_sample_value("process_resident_memory_bytes")
     status = Path("/proc/self/status").read_text()
