@@ -197,6 +197,10 @@ class ElfImage:
     def is_pie(self) -> bool:
         return self.type == ET_DYN
 
+    @property
+    def kept_bytes(self) -> int:
+        return 0  # reads through the file
+
     def section(self, name: str) -> Section | None:
         return self._by_name.get(name)
 
@@ -392,3 +396,55 @@ def _map(f: IO[bytes], name: str) -> ElfImage:
     image = ElfImage(FileView(fd, size, name), name=name)
     weakref.finalize(image, os.close, fd)
     return image
+
+
+class RegionImage:
+    """What a binary parsed elsewhere (the sandbox) keeps: its load segments and copies of
+    the few regions symbolization reads (the inline trees' funcdata), with no file behind it.
+
+    Answers the same questions as :class:`ElfImage` for everything after parsing, so a
+    tenant changing or truncating its file later changes nothing here.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        machine: str,
+        is_pie: bool,
+        segments: list[Segment],
+        regions: list[tuple[int, bytes]],
+    ) -> None:
+        self.name = name
+        self.machine = machine
+        self.segments = segments
+        self.sections: list[Section] = []
+        self._is_pie = is_pie
+        self._regions = sorted(regions)
+
+    @property
+    def is_pie(self) -> bool:
+        return self._is_pie
+
+    @property
+    def regions(self) -> list[tuple[int, bytes]]:
+        return list(self._regions)
+
+    @property
+    def kept_bytes(self) -> int:
+        return sum(len(data) for _, data in self._regions)
+
+    def read(self, addr: int, size: int) -> bytes:
+        for start, data in self._regions:
+            if start <= addr and addr + size <= start + len(data) and size >= 0:
+                return data[addr - start : addr - start + size]
+        raise CorruptBinaryError(f"{self.name}: address {addr:#x}+{size} is not in the kept regions")
+
+    def offset_to_addr(self, offset: int) -> int | None:
+        for seg in self.segments:
+            if seg.type == PT_LOAD and seg.offset <= offset < seg.offset + seg.filesz:
+                return seg.vaddr + (offset - seg.offset)
+        return None
+
+    def symbol(self, name: str) -> tuple[int, int] | None:
+        return None  # symbols were consulted where the file was parsed

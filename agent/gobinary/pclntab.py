@@ -54,7 +54,7 @@ FUNCDATA_INL_TREE = 3
 _NO_FUNCDATA = 0xFFFFFFFF
 MAX_INLINE_DEPTH = 32  # far deeper than Go's inliner goes
 MAX_FUNCTIONS = 1 << 21  # Prometheus has 63k, the largest Go binaries a few 100k
-MAX_PCVALUE_BYTES = 1 << 18  # one walk's table; Prometheus' longest is 33 kB
+MAX_PCVALUE_BYTES = 1 << 17  # one walk's table; Prometheus' longest is 33 kB
 
 
 @dataclass(frozen=True, slots=True)
