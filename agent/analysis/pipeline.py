@@ -100,7 +100,10 @@ class Deadline:
     stop: threading.Event | None = None
 
     def expired(self) -> bool:
-        return time.monotonic() >= self.at or (self.stop is not None and self.stop.is_set())
+        return time.monotonic() >= self.at or self.stopping()
+
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
 
 def _binary_error_kind(exc: BinaryError) -> str:
@@ -162,6 +165,9 @@ class Pipeline:
     # ---- the join -----------------------------------------------------------------------------
     def _expired(self) -> bool:
         return self._deadline is not None and self._deadline.expired()
+
+    def _stopping(self) -> bool:
+        return self._deadline is not None and self._deadline.stopping()
 
     def run(
         self, drain: DrainResult, *, frequency_hz: int, duration_s: float, deadline: Deadline | None = None
@@ -234,14 +240,19 @@ class Pipeline:
         )
 
     def _binary(self, info: ProcessInfo) -> GoBinary | None:
-        """The process's parsed binary (sandboxed, once per file), or None; DeadlineExceededError passes."""
+        """The process's parsed binary (sandboxed, once per file), or None; DeadlineExceededError passes.
+
+        A parse that has started runs to its own budget (``parse_budget``), not the cycle's
+        deadline: interrupted, it would start over every cycle and never finish. Only a
+        stop (SIGTERM) interrupts it; the deadline is checked before each process.
+        """
         exe = info.exe
         if exe is None:
             return None
         path = exe.open_path
         try:
             return self.binaries.get(
-                exe.file_key, lambda: sandbox.parse_file(path, self.parse_budget, expired=self._expired)
+                exe.file_key, lambda: sandbox.parse_file(path, self.parse_budget, expired=self._stopping)
             )
         except NotGoError:
             return None

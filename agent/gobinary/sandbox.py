@@ -18,6 +18,7 @@ with ``error`` (a BinaryError class name) and ``message``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -56,9 +57,9 @@ class Budget:
     """What one binary's parse may cost. The child's memory is charged to the daemon's
     cgroup: ``memory_bytes`` plus the daemon's own RSS must stay under its limit."""
 
-    memory_bytes: int = 320 << 20  # address space the child may add after start-up
-    cpu_s: int = 10
-    wall_s: float = 30.0
+    memory_bytes: int = 256 << 20  # address space the child may add after start-up (~200 MiB daemon + this < 512)
+    cpu_s: int = 5  # Prometheus (63k functions) takes 0.12 s
+    wall_s: float = 10.0
     max_output_bytes: int = 160 << 20  # pclntab + kept regions (Prometheus: 19 MB)
 
 
@@ -119,7 +120,7 @@ def _read_bounded(proc: subprocess.Popen[bytes], budget: Budget, expired: Callab
         sel.register(fd, selectors.EVENT_READ)
         while True:
             if expired():
-                raise DeadlineExceededError(f"{name}: parse interrupted (cycle deadline or shutdown)")
+                raise DeadlineExceededError(f"{name}: parse interrupted (shutting down)")
             if time.monotonic() > deadline:
                 raise BudgetExceededError(f"{name}: parsing took over {budget.wall_s:.0f}s")
             if not sel.select(timeout=0.1):
@@ -139,8 +140,10 @@ def _read_bounded(proc: subprocess.Popen[bytes], budget: Budget, expired: Callab
 def _decode(out: bytes, status: int, name: str, budget: Budget) -> PlainBinary:
     if status < 0:
         sig = -status
-        if sig in (signal.SIGXCPU, signal.SIGKILL):
+        if sig == signal.SIGXCPU:
             raise BudgetExceededError(f"{name}: parsing used over {budget.cpu_s}s of CPU")
+        if sig == signal.SIGKILL:
+            raise BudgetExceededError(f"{name}: the parser was killed (out of memory?)")
         raise CorruptBinaryError(f"{name}: the parser died of signal {sig}")
     if len(out) < 8:
         raise CorruptBinaryError(f"{name}: the parser exited with {status} and no answer")
@@ -189,6 +192,9 @@ def _vm_size() -> int:
 
 
 def _limit(memory_bytes: int, cpu_s: int) -> None:
+    """Caps on this child; also the first the kernel's OOM killer picks, before the daemon."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text("1000")
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
     resource.setrlimit(resource.RLIMIT_AS, (_vm_size() + memory_bytes, _vm_size() + memory_bytes))
