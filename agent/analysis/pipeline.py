@@ -106,8 +106,10 @@ class Deadline:
         return self.stop is not None and self.stop.is_set()
 
 
-def _binary_error_kind(exc: BinaryError) -> str:
-    return "binary_over_budget" if isinstance(exc, BudgetExceededError) else "binary_unreadable"
+def _binary_error_kind(exc: BinaryError, *, symbolizing: bool = False) -> str:
+    if isinstance(exc, BudgetExceededError):
+        return "binary_over_budget"
+    return "binary_symbols_failed" if symbolizing else "binary_unreadable"
 
 
 @dataclass
@@ -293,7 +295,7 @@ class Pipeline:
         problems = list(info.errors)
         if binary.failed is not None:
             if not already_failed:  # counted once per binary, however many processes run it
-                self.stats.errors[_binary_error_kind(binary.failed)] += 1
+                self.stats.errors[_binary_error_kind(binary.failed, symbolizing=True)] += 1
             problems.append(f"symbols: {binary.failed.describe()}")
         cg: CgroupFacts
         try:

@@ -175,9 +175,10 @@ class Daemon:
             self.metrics.set_bpf(True)
             self.health.set_ready("")
             log.info("BPF sampler attached at %d Hz", self.cfg.frequency_hz)
-        except NodeAgentError as exc:
-            reason = exc.describe()
-            self.metrics.set_bpf(False, str(exc).splitlines()[0][:200])
+        except (NodeAgentError, OSError) as exc:  # a first drain that fails is the same: retry later
+            self._close_sampler()
+            reason = exc.describe() if isinstance(exc, NodeAgentError) else f"{type(exc).__name__}: {exc}"
+            self.metrics.set_bpf(False, (str(exc).splitlines() or [""])[0][:200])
             self.health.set_ready(f"BPF sampler unavailable: {reason}")
             self.metrics.count_error("bpf_unavailable")
             log.error("BPF sampler unavailable (retrying in %.0fs): %s", self.cfg.bpf_retry_s, reason)
