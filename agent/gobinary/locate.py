@@ -33,6 +33,7 @@ _MD_ETEXT = 23
 # (`rodata`), which must lie in the .rodata section.
 _GOFUNC_CANDIDATES = (40, 43, 38, 41, 42, 44, 39, 45, 46)
 _SCAN_SECTIONS = (".noptrdata", ".go.module", ".data", ".data.rel.ro")
+_MAX_CANDIDATES = 64  # header-magic look-alikes tried in a stripped binary
 MAX_PCLNTAB_BYTES = 128 << 20  # the largest Go binaries' tables are ~40 MB
 _TABLE_SCAN_SECTIONS = (".data.rel.ro", ".rodata", ".noptrdata", ".data.rel.ro.gopclntab", ".gopclntab")
 
@@ -109,6 +110,8 @@ def _magic_candidates(image: ElfImage, sec: Section) -> list[int]:
             start = i + 1
             if i % 4 == 0 and sniff_version(raw[i : i + 16]) is not None:
                 found.append(sec.addr + i)
+                if len(found) >= _MAX_CANDIDATES:  # each costs a scan for moduledata
+                    return found
     return found
 
 

@@ -152,6 +152,8 @@ class PlainBinary:
 MAX_ID_CHARS = 256  # build IDs are ~80 characters; anything longer is cut
 MAX_KEPT_REGION = 64 << 20  # funcdata copied out of a binary (Prometheus: 4.5 MB)
 SLOW_LOOKUP_S = 0.25  # CPU for one PC's frames; real lookups take microseconds
+SLOW_BINARY_S = 1.0  # CPU a binary's lookups may spend in total at over SLOW_MISS_S each on average
+SLOW_MISS_S = 0.005
 GomaxprocsAddress = tuple[int, str]
 
 
@@ -207,6 +209,8 @@ class GoBinary:
         self._identity: str | None = None
         self.gomaxprocs_at: GomaxprocsAddress | None = None  # derived from this file (see derive)
         self.failed: BinaryError | None = None
+        self._miss_cpu = 0.0
+        self._misses = 0
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> GoBinary:
@@ -324,7 +328,9 @@ class GoBinary:
         """Inline-expanded frames at a link-time PC, innermost first (cached).
 
         The first corrupt table, over-budget walk or lookup slower than
-        SLOW_LOOKUP_S of CPU marks the binary failed: later calls raise at once.
+        SLOW_LOOKUP_S of CPU, or lookups costing over SLOW_MISS_S each once they
+        add up to SLOW_BINARY_S, mark the binary failed: later calls raise at
+        once, so no binary can take a cycle's time from the others.
         """
         key = (self._serial, pc)
         cached = self._frames.get(key)
@@ -339,8 +345,15 @@ class GoBinary:
         except BinaryError as exc:
             self.failed = _detached(exc)
             raise
-        if time.thread_time() - started > SLOW_LOOKUP_S:
+        spent = time.thread_time() - started
+        self._miss_cpu += spent
+        self._misses += 1
+        if spent > SLOW_LOOKUP_S:
             self.failed = BudgetExceededError(f"{self.image.name}: symbolizing one PC took over {SLOW_LOOKUP_S}s")
+        elif self._miss_cpu > SLOW_BINARY_S and self._miss_cpu / self._misses > SLOW_MISS_S:
+            self.failed = BudgetExceededError(
+                f"{self.image.name}: symbolizing costs {1000 * self._miss_cpu / self._misses:.0f} ms per PC"
+            )
         self._frames.put(key, result)
         return result
 

@@ -208,6 +208,16 @@ def test_binary_truncated_after_its_process_exits_cannot_sigbus_the_daemon(node:
         node.assert_fine()
 
 
+def test_file_truncated_while_being_parsed_is_a_clean_error_not_sigbus(tmp_path: Path) -> None:
+    """In-process (a SIGBUS would end this test run): headers read, then the file cut to 4 kB."""
+    victim = hb.copy_to(hb.spin_binary(), tmp_path / "cut")
+    image = open_image(victim)  # headers parsed; the tables are read later
+    with open(victim, "r+b") as f:
+        f.truncate(4096)
+    with pytest.raises(CorruptBinaryError, match=r"truncated|past end|not in the file"):
+        GoBinary(image)
+
+
 def test_binary_declaring_the_victims_build_id_does_not_poison_the_victim(node: Node) -> None:
     """The attacker is parsed first; then a new victim process (same build ID) must be judged by its own bytes."""
     victim_id = GoBinary.open(node.demo).go_build_id
