@@ -44,12 +44,22 @@ class CorruptBinaryError(BinaryError):
     help = "the file is truncated or damaged"
 
 
+class BudgetExceededError(BinaryError):
+    """Parsing would cost more than its budget (items, bytes, CPU, memory or time)."""
+
+    help = "the binary declares more than node-agent will parse; it is skipped"
+
+
 class ProcessGoneError(NodeAgentError):
     """The process exited (or its files vanished) while we looked at it."""
 
 
 class CgroupError(NodeAgentError):
     """A cgroup file was missing or could not be parsed."""
+
+
+class DeadlineExceededError(NodeAgentError):
+    """A cycle ran out of time (or the daemon was asked to stop); the rest of it is skipped."""
 
 
 class BPFUnavailableError(NodeAgentError):

@@ -5,31 +5,35 @@ opens (once per build) its binary, reads its cgroup and its live GOMAXPROCS,
 then hands plain data to the pure stages (attribution, inference, verdict).
 Every per-process failure is caught here, counted by kind and reported with
 the row or in the result's errors: one odd process costs that process.
+Binaries are parsed in a sandboxed child (agent.gobinary.sandbox), and a run
+may carry a :class:`Deadline`: when it passes (or the daemon is stopping) the
+rest of the window is skipped and counted, so no input can stall a cycle.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.analysis.attribution import attribute
-from agent.analysis.gomaxprocs import (
-    Facts,
-    Gomaxprocs,
-    GomaxprocsSource,
-    containermaxprocs_enabled,
-    gomaxprocs_address,
-    infer,
-    read_live,
-)
+from agent.analysis.gomaxprocs import Facts, Gomaxprocs, GomaxprocsSource, containermaxprocs_enabled, infer, read_live
 from agent.analysis.model import GoProcessReport, OtherSummary, ScanResult
 from agent.analysis.verdict import Evidence, judge
-from agent.errors import BinaryError, NodeAgentError, NotGoError, ProcessGoneError
-from agent.gobinary.elf import open_image
-from agent.gobinary.symbolizer import BinaryCache, BoundedCache, GoBinary
+from agent.errors import (
+    BinaryError,
+    BudgetExceededError,
+    DeadlineExceededError,
+    NodeAgentError,
+    NotGoError,
+    ProcessGoneError,
+)
+from agent.gobinary import sandbox
+from agent.gobinary.symbolizer import BinaryCache, GoBinary
 from agent.host.procfs import ProcessInfo, ProcFS
 from agent.kube.spec import EnvSource
 from agent.sampling.sampler import DrainResult
@@ -89,6 +93,26 @@ class KubeSource(Protocol):
     def lookup(self, pod_uid: str, container_id: str | None) -> WorkloadMeta | None: ...
 
 
+@dataclass(frozen=True)
+class Deadline:
+    """When a run must end (monotonic seconds), or sooner if ``stop`` is set (SIGTERM)."""
+
+    at: float
+    stop: threading.Event | None = None
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at or self.stopping()
+
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+
+def _binary_error_kind(exc: BinaryError, *, symbolizing: bool = False) -> str:
+    if isinstance(exc, BudgetExceededError):
+        return "binary_over_budget"
+    return "binary_symbols_failed" if symbolizing else "binary_unreadable"
+
+
 @dataclass
 class PipelineStats:
     """Per-kind counts of skipped items, for node_agent_errors_total."""
@@ -105,6 +129,7 @@ class Pipeline:
         kube: KubeSource | None = None,
         binaries: BinaryCache | None = None,
         host_cpus: int | None = None,
+        parse_budget: sandbox.Budget | None = None,
     ) -> None:
         self.procfs = procfs
         self.cgroups = cgroups
@@ -112,7 +137,9 @@ class Pipeline:
         self.binaries = binaries or BinaryCache()
         self.host_cpus = host_cpus or os.cpu_count() or 1
         self.stats = PipelineStats()
-        self._addr_cache: BoundedCache[str, tuple[int, str] | None] = BoundedCache(256)
+        self.parse_budget = parse_budget or sandbox.Budget()
+        self.skipped_by_deadline = 0  # processes the last run left out
+        self._deadline: Deadline | None = None
         self._throttle_start: dict[str, Throttle] = {}
 
     # ---- window bookkeeping -------------------------------------------------------------------
@@ -139,7 +166,23 @@ class Pipeline:
         return max(0.0, min(1.0, (end.nr_throttled - begin.nr_throttled) / periods))
 
     # ---- the join -----------------------------------------------------------------------------
-    def run(self, drain: DrainResult, *, frequency_hz: int, duration_s: float) -> ScanResult:
+    def _expired(self) -> bool:
+        return self._deadline is not None and self._deadline.expired()
+
+    def _stopping(self) -> bool:
+        return self._deadline is not None and self._deadline.stopping()
+
+    def run(
+        self, drain: DrainResult, *, frequency_hz: int, duration_s: float, deadline: Deadline | None = None
+    ) -> ScanResult:
+        self._deadline = deadline
+        self.skipped_by_deadline = 0
+        try:
+            return self._run(drain, frequency_hz, duration_s)
+        finally:
+            self._deadline = None
+
+    def _run(self, drain: DrainResult, frequency_hz: int, duration_s: float) -> ScanResult:
         by_tgid: dict[int, list[tuple[tuple[int, ...], int]]] = defaultdict(list)
         for s in drain.samples:
             by_tgid[s.tgid].append((s.user_stack, s.count))
@@ -150,6 +193,9 @@ class Pipeline:
         errors: list[str] = []
         for tgid, stacks in sorted(by_tgid.items()):
             count = sum(n for _, n in stacks)
+            if self._expired():
+                self.skipped_by_deadline += 1
+                continue
             try:
                 info = self.procfs.snapshot(tgid)
             except ProcessGoneError:
@@ -164,7 +210,11 @@ class Pipeline:
                 other.samples += count
                 other_comms[f"[{tgid}]"] += count
                 continue
-            binary = self._binary(info)
+            try:
+                binary = self._binary(info)
+            except DeadlineExceededError:
+                self.skipped_by_deadline += 1
+                continue
             if binary is None:
                 other.processes += 1
                 other.samples += count
@@ -172,10 +222,15 @@ class Pipeline:
                 continue
             try:
                 go.append(self._report(info, binary, stacks, frequency_hz))
+            except DeadlineExceededError:
+                self.skipped_by_deadline += 1
             except NodeAgentError as exc:
                 self.stats.errors["report_failed"] += 1
                 errors.append(f"pid {tgid} ({info.comm}): {exc.describe()}")
         other.top = other_comms.most_common(10)
+        if self.skipped_by_deadline:
+            self.stats.errors["cycle_deadline"] += 1
+            errors.append(f"cycle deadline passed: {self.skipped_by_deadline} processes skipped")
         return ScanResult(
             duration_s=duration_s,
             frequency_hz=frequency_hz,
@@ -188,22 +243,35 @@ class Pipeline:
         )
 
     def _binary(self, info: ProcessInfo) -> GoBinary | None:
+        """The process's parsed binary (sandboxed, once per file), or None; DeadlineExceededError passes.
+
+        A parse that has started runs to its own budget (``parse_budget``), not the cycle's
+        deadline: interrupted, it would start over every cycle and never finish. Only a
+        stop (SIGTERM) interrupts it; the deadline is checked before each process.
+        """
         exe = info.exe
         if exe is None:
             return None
+        path = exe.open_path
         try:
-            return self.binaries.get(exe.file_key, lambda: open_image(exe.open_path))
+            return self.binaries.get(
+                exe.file_key, lambda: sandbox.parse_file(path, self.parse_budget, expired=self._stopping)
+            )
         except NotGoError:
             return None
-        except BinaryError:
-            self.stats.errors["binary_unreadable"] += 1
+        except BinaryError as exc:
+            self.stats.errors[_binary_error_kind(exc)] += 1
             return None
 
+    def _stacks(self, stacks: list[tuple[tuple[int, ...], int]]) -> Iterator[tuple[tuple[int, ...], int]]:
+        """The stacks, until the run's deadline passes."""
+        for item in stacks:
+            if self._expired():
+                raise DeadlineExceededError("cycle deadline passed during attribution")
+            yield item
+
     def _gomaxprocs(self, info: ProcessInfo, binary: GoBinary, bias: int | None, facts: Facts) -> Gomaxprocs:
-        ident = binary.identity
-        if ident not in self._addr_cache:
-            self._addr_cache.put(ident, gomaxprocs_address(binary))
-        found = self._addr_cache.get(ident)
+        found = binary.gomaxprocs_at  # derived in the sandbox from this very file's content
         why = "no address for runtime.gomaxprocs"
         if found is not None and bias is not None:
             try:
@@ -223,8 +291,13 @@ class Pipeline:
         frequency_hz: int,
     ) -> GoProcessReport:
         bias = binary.load_bias((m.start, m.offset) for m in info.exe_mappings())
-        profile = attribute(binary, bias or 0, stacks)
+        already_failed = binary.failed is not None
+        profile = attribute(binary, bias or 0, self._stacks(stacks))
         problems = list(info.errors)
+        if binary.failed is not None:
+            if not already_failed:  # counted once per binary, however many processes run it
+                self.stats.errors[_binary_error_kind(binary.failed, symbolizing=True)] += 1
+            problems.append(f"symbols: {binary.failed.describe()}")
         cg: CgroupFacts
         try:
             cg = self.cgroups.facts(info.cgroup or "")

@@ -8,8 +8,13 @@ Nothing a node throws at it ends the loop: a broken process, binary or
 cgroup is counted and skipped inside the pipeline; a failing cycle is
 counted and the next one runs; when BPF cannot load, the agent stays up,
 says why on /metrics (node_agent_bpf_up 0) and /readyz (503 + reason), and
-retries. SIGTERM/SIGINT end it gracefully: the sampler is detached (its
-perf events and BPF programs closed) before the process exits.
+retries. Each cycle's processing has a deadline of one interval: past it,
+the rest of the window is skipped and counted (cycle_deadline), so the next
+window is drained on time. /healthz fails when the loop stalls and when
+cycles keep failing (:class:`CycleHealth`). SIGTERM/SIGINT interrupt a cycle
+(the pipeline checks the stop between processes, a sandboxed parse is
+killed) and end the daemon with status 0: the sampler is detached (its perf
+events and BPF programs closed) before the process exits.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from agent.analysis.attribution import ProcessProfile
 from agent.analysis.model import GoProcessReport, ScanResult
-from agent.analysis.pipeline import Pipeline
+from agent.analysis.pipeline import Deadline, Pipeline
 from agent.commands.scan import ScanConfig, sampler_config
 from agent.errors import BPFUnavailableError, NodeAgentError
 from agent.export.http import (
@@ -56,6 +61,43 @@ if TYPE_CHECKING:
     from agent.kube.watch import KubeMetadata
 
 log = logging.getLogger("node_agent")
+
+
+FAILING_CYCLES = 3  # consecutive failed cycles before /healthz says so
+
+
+@dataclass
+class CycleHealth(Health):
+    """Liveness as the loop sees it: stalled (no cycle ended for ``stall_after_s``) or
+    failing (the last ``failing_after`` cycles all failed), with the reason.
+
+    What the HTTP server reads is ``alive() -> (ok, reason)``, as for :class:`Health`.
+    """
+
+    failing_after: int = FAILING_CYCLES
+    consecutive_failures: int = 0
+    last_failure: str = ""
+
+    def cycle_ok(self) -> None:
+        with self.lock:
+            self.consecutive_failures = 0
+        self.beat()
+
+    def cycle_failed(self, reason: str) -> None:
+        with self.lock:
+            self.consecutive_failures += 1
+            self.last_failure = reason
+        self.beat()  # the loop is alive; whether it is healthy is alive()'s question
+
+    def alive(self) -> tuple[bool, str]:
+        ok, reason = super().alive()
+        if not ok:
+            return ok, reason
+        with self.lock:
+            n, last = self.consecutive_failures, self.last_failure
+        if n >= self.failing_after:
+            return False, f"the last {n} cycles failed; last: {last}"
+        return True, "ok"
 
 
 @dataclass(frozen=True)
@@ -91,7 +133,7 @@ class Daemon:
         # /proc/self: with hostPID that is still this process.
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        self.health = Health(stall_after_s=max(300.0, cfg.interval_s * 10))
+        self.health = CycleHealth(stall_after_s=max(300.0, cfg.interval_s * 10))
         self._kube_errors = KubeErrorCounter()
         ready: ReadyProbe = self.health.ready
         if kube is not None:  # the watcher's health: metrics, and a line in /readyz (never a reason to be unready)
@@ -151,7 +193,8 @@ class Daemon:
                 started = time.monotonic()
                 self._ensure_sampler()
                 if self._sampler is not None:
-                    self._stop.wait(self.cfg.interval_s)
+                    if self._stop.wait(self.cfg.interval_s):
+                        break
                     self._cycle(started)
                 else:
                     self.health.beat()  # alive, just not ready
@@ -183,9 +226,10 @@ class Daemon:
             self.metrics.set_bpf(True)
             self.health.set_ready(self._mount_reason)
             log.info("BPF sampler attached at %d Hz", self.cfg.frequency_hz)
-        except NodeAgentError as exc:
-            reason = exc.describe()
-            self.metrics.set_bpf(False, str(exc).splitlines()[0][:200])
+        except (NodeAgentError, OSError) as exc:  # a first drain that fails is the same: retry later
+            self._close_sampler()
+            reason = exc.describe() if isinstance(exc, NodeAgentError) else f"{type(exc).__name__}: {exc}"
+            self.metrics.set_bpf(False, (str(exc).splitlines() or [""])[0][:200])
             self.health.set_ready("; ".join(filter(None, (f"BPF sampler unavailable: {reason}", self._mount_reason))))
             self.metrics.count_error("bpf_unavailable")
             log.error("BPF sampler unavailable (retrying in %.0fs): %s", self.cfg.bpf_retry_s, reason)
@@ -204,11 +248,15 @@ class Daemon:
         except (BPFUnavailableError, OSError) as exc:
             log.error("drain failed, re-attaching: %s", exc)
             self.metrics.count_error("drain_failed")
+            self.health.cycle_failed(f"drain failed: {exc}")
             self._close_sampler()
             return
         t0 = time.monotonic()
+        deadline = Deadline(t0 + self.cfg.interval_s, self._stop)
         try:
-            result = self.pipeline.run(drain, frequency_hz=self.cfg.frequency_hz, duration_s=drain.interval_seconds)
+            result = self.pipeline.run(
+                drain, frequency_hz=self.cfg.frequency_hz, duration_s=drain.interval_seconds, deadline=deadline
+            )
             self.pipeline.begin_window()
             for kind, n in self.pipeline.stats.errors.items():
                 self.metrics.count_error(kind, n)
@@ -217,13 +265,18 @@ class Daemon:
             self.pipeline.stats.errors.clear()
             self.metrics.update(result.go)
             self.metrics.record_cycle(time.monotonic() - t0, drain.busy_samples, drain.lost)
-        except Exception:  # a bug in one cycle must not end the daemon; it is logged and counted
+        except Exception as exc:  # a bug in one cycle must not end the daemon; it is logged and counted
             log.exception("cycle failed")
             self.metrics.count_error("cycle_failed")
-            self.health.beat()
+            self.health.cycle_failed(f"{type(exc).__name__}: {exc}"[:200])
             return
         self._publish_profiles(result)
-        self.health.beat()
+        skipped = self.pipeline.skipped_by_deadline
+        if skipped and not self._stop.is_set():
+            log.warning("cycle deadline (%.0fs) passed: %d processes skipped", self.cfg.interval_s, skipped)
+            self.health.cycle_failed(f"deadline of {self.cfg.interval_s:g}s passed, {skipped} processes skipped")
+        else:
+            self.health.cycle_ok()
         self.cycles += 1
         cache = self.pipeline.binaries
         log.debug(

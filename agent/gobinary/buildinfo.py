@@ -143,6 +143,11 @@ def _find_blob(image: ElfImage) -> int:
 
 
 def read_buildinfo(image: ElfImage) -> BuildInfo:
+    return parse_modinfo(*read_buildinfo_raw(image))
+
+
+def read_buildinfo_raw(image: ElfImage) -> tuple[str, str]:
+    """(Go version, module text) as stored: what a sandboxed parse hands back as plain data."""
     addr = _find_blob(image)
     header = image.read(addr, HEADER_SIZE)
     if not header.startswith(MAGIC):
@@ -163,7 +168,7 @@ def read_buildinfo(image: ElfImage) -> BuildInfo:
         modinfo = _read_go_string(image, mod_ptr, fmt, ptrsize)
     if not version.startswith("go") and not version.startswith("devel"):
         raise CorruptBinaryError(f"{image.name}: implausible Go version {version[:40]!r}")
-    return parse_modinfo(version, modinfo)
+    return version, modinfo
 
 
 def _read_go_string(image: ElfImage, ptr: int, fmt: str, ptrsize: int) -> str:

@@ -1,17 +1,23 @@
 """The one place node-agent reads ELF files (through pyelftools).
 
 pyelftools parses the headers; the bytes themselves are read from one buffer
-(an ``mmap`` of the file or a ``bytes`` in tests) so large sections such as a
-50 MB binary's pclntab are sliced, not copied through pyelftools' streams.
-Every low-level failure becomes :class:`CorruptBinaryError` or
-:class:`NotELFError` here, so callers see one kind of error.
+(``bytes`` in tests, a :class:`FileView` of an open file otherwise) so large
+sections such as a 50 MB binary's pclntab are sliced, not copied through
+pyelftools' streams. Files are read with ``pread``, never memory-mapped: a
+tenant can truncate its binary under us, which turns an access to a mapping
+into SIGBUS (the whole daemon) but a read into a short read (this binary).
+The header's section and segment counts are checked against the file and a
+budget before pyelftools sees them (3 million section headers would cost a
+minute of CPU and 600 MB). Every low-level failure becomes
+:class:`CorruptBinaryError` or :class:`NotELFError` here, so callers see one
+kind of error.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +26,7 @@ from typing import IO, Any, cast
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from agent.errors import BinaryError, CorruptBinaryError, NotELFError
+from agent.errors import BinaryError, BudgetExceededError, CorruptBinaryError, NotELFError
 
 SHT_NOBITS = 8
 SHT_SYMTAB = 2
@@ -31,6 +37,12 @@ ET_DYN = 3
 # R_*_RELATIVE relocation types by e_machine: applied when a pointer in a
 # PIE's data reads as zero in the file (external linkers may leave it so).
 _RELATIVE_RELOC = {"EM_X86_64": 8, "EM_AARCH64": 1027, "EM_PPC64": 22, "EM_S390": 12, "EM_RISCV": 3}
+
+# Budgets checked before pyelftools parses a header table. Go's linker writes ~40
+# sections and ~10 segments; C/C++ programs with -ffunction-sections may have
+# thousands of sections, still far below this.
+MAX_SECTIONS = 1 << 14
+MAX_SEGMENTS = 1 << 10
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,71 @@ class Segment:
     flags: int
 
 
+class FileView:
+    """Read-only, sliceable view of an open file through ``pread``: what ElfImage reads.
+
+    Slicing past the end gives a short result, as with ``bytes``; a read that
+    comes back shorter than the file's size promised (the file was truncated
+    under us) is a :class:`CorruptBinaryError` for this binary only.
+    """
+
+    def __init__(self, fd: int, size: int, name: str) -> None:
+        self._fd = fd
+        self._size = size
+        self._name = name
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, index: slice) -> bytes:
+        start, stop, step = index.indices(self._size)
+        if step != 1:
+            raise ValueError("FileView slices are contiguous")
+        want = max(0, stop - start)
+        if want == 0:
+            return b""
+        try:
+            got = os.pread(self._fd, want, start)
+        except OSError as exc:
+            raise CorruptBinaryError(f"{self._name}: cannot read: {exc.strerror or exc}") from None
+        if len(got) != want:
+            raise CorruptBinaryError(f"{self._name}: file changed while being read (truncated?)")
+        return got
+
+
+Buffer = bytes | FileView
+
+
+def _check_header_budget(data: Buffer, name: str) -> None:
+    """Section and segment header tables must fit the file and the budget, before parsing them."""
+    head = data[:64]
+    if len(head) < 52 or head[4] not in (1, 2) or head[5] not in (1, 2):
+        raise CorruptBinaryError(f"{name}: truncated or unknown ELF header")
+    order = "<" if head[5] == 1 else ">"
+    if head[4] == 2:
+        if len(head) < 64:
+            raise CorruptBinaryError(f"{name}: truncated ELF header")
+        phoff, shoff = struct.unpack_from(order + "QQ", head, 32)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", head, 54)
+    else:
+        phoff, shoff = struct.unpack_from(order + "II", head, 28)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", head, 42)
+    size = len(data)
+    if shoff and shnum == 0 and shentsize >= 40:  # more than 0xff00 sections: the count is in section 0
+        first = data[shoff : shoff + shentsize]
+        if len(first) < shentsize:
+            raise CorruptBinaryError(f"{name}: section headers past the end of the file")
+        shnum = struct.unpack_from(order + ("Q" if head[4] == 2 else "I"), first, 32 if head[4] == 2 else 20)[0]
+    if shnum > MAX_SECTIONS or phnum > MAX_SEGMENTS:
+        raise BudgetExceededError(
+            f"{name}: {shnum} section / {phnum} program headers is over the budget ({MAX_SECTIONS}/{MAX_SEGMENTS})"
+        )
+    if shoff and shoff + shnum * shentsize > size:
+        raise CorruptBinaryError(f"{name}: section headers past the end of the file")
+    if phoff and phoff + phnum * phentsize > size:
+        raise CorruptBinaryError(f"{name}: program headers past the end of the file")
+
+
 def _parse_error(exc: BaseException) -> CorruptBinaryError:
     return CorruptBinaryError(f"malformed ELF headers: {exc.__class__.__name__}: {exc}")
 
@@ -67,11 +144,12 @@ def _parse_error(exc: BaseException) -> CorruptBinaryError:
 class ElfImage:
     """An ELF file's headers plus random access to its bytes by vaddr."""
 
-    def __init__(self, data: bytes | mmap.mmap, *, name: str = "<bytes>") -> None:
+    def __init__(self, data: Buffer, *, name: str = "<bytes>") -> None:
         self.name = name
         self._data = data
         if len(data) < 16 or data[:4] != b"\x7fELF":
             raise NotELFError(f"{name}: not an ELF file")
+        _check_header_budget(data, name)
         try:
             elf = ELFFile(cast(IO[bytes], _Stream(data)))
             self.elf_class: int = elf.elfclass
@@ -112,12 +190,16 @@ class ElfImage:
         self._relocs: dict[int, int] | None = None
 
     @property
-    def data(self) -> bytes | mmap.mmap:
+    def data(self) -> Buffer:
         return self._data
 
     @property
     def is_pie(self) -> bool:
         return self.type == ET_DYN
+
+    @property
+    def kept_bytes(self) -> int:
+        return 0  # reads through the file
 
     def section(self, name: str) -> Section | None:
         return self._by_name.get(name)
@@ -259,7 +341,7 @@ def _sh_type(value: Any) -> int:
 class _Stream:
     """A minimal file-like view over bytes or mmap for pyelftools."""
 
-    def __init__(self, data: bytes | mmap.mmap) -> None:
+    def __init__(self, data: Buffer) -> None:
         self._data = data
         self._pos = 0
 
@@ -282,7 +364,11 @@ class _Stream:
 
 
 def open_image(path: str | os.PathLike[str] | IO[bytes]) -> ElfImage:
-    """mmap a file and parse its headers; the only helper that opens paths."""
+    """Open a file and parse its headers; the only helper that opens paths.
+
+    The image reads through the open file (see :class:`FileView`): it stays
+    open as long as the image lives.
+    """
     name = str(getattr(path, "name", path))
     try:
         if isinstance(path, (str, os.PathLike)):
@@ -306,5 +392,59 @@ def _map(f: IO[bytes], name: str) -> ElfImage:
     size = os.fstat(f.fileno()).st_size
     if size == 0:
         raise NotELFError(f"{name}: empty file")
-    data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    return ElfImage(data, name=name)
+    fd = os.dup(f.fileno())
+    image = ElfImage(FileView(fd, size, name), name=name)
+    weakref.finalize(image, os.close, fd)
+    return image
+
+
+class RegionImage:
+    """What a binary parsed elsewhere (the sandbox) keeps: its load segments and copies of
+    the few regions symbolization reads (the inline trees' funcdata), with no file behind it.
+
+    Answers the same questions as :class:`ElfImage` for everything after parsing, so a
+    tenant changing or truncating its file later changes nothing here.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        machine: str,
+        is_pie: bool,
+        segments: list[Segment],
+        regions: list[tuple[int, bytes]],
+    ) -> None:
+        self.name = name
+        self.machine = machine
+        self.segments = segments
+        self.sections: list[Section] = []
+        self._is_pie = is_pie
+        self._regions = sorted(regions)
+
+    @property
+    def is_pie(self) -> bool:
+        return self._is_pie
+
+    @property
+    def regions(self) -> list[tuple[int, bytes]]:
+        return list(self._regions)
+
+    @property
+    def kept_bytes(self) -> int:
+        return sum(len(data) for _, data in self._regions)
+
+    def read(self, addr: int, size: int) -> bytes:
+        for start, data in self._regions:
+            if start <= addr and addr + size <= start + len(data) and size >= 0:
+                return data[addr - start : addr - start + size]
+        raise CorruptBinaryError(f"{self.name}: address {addr:#x}+{size} is not in the kept regions")
+
+    def offset_to_addr(self, offset: int) -> int | None:
+        for seg in self.segments:
+            if seg.type == PT_LOAD and seg.offset <= offset < seg.offset + seg.filesz:
+                return seg.vaddr + (offset - seg.offset)
+        return None
+
+    def symbol(self, name: str) -> tuple[int, int] | None:
+        return None  # symbols were consulted where the file was parsed

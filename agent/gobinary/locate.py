@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from agent.errors import BinaryError, NotGoError, UnsupportedGoError
+from agent.errors import BinaryError, BudgetExceededError, CorruptBinaryError, NotGoError, UnsupportedGoError
 from agent.gobinary.elf import ElfImage, Section
 from agent.gobinary.pclntab import MAGICS, PclnVersion, sniff_version
 
@@ -33,6 +33,8 @@ _MD_ETEXT = 23
 # (`rodata`), which must lie in the .rodata section.
 _GOFUNC_CANDIDATES = (40, 43, 38, 41, 42, 44, 39, 45, 46)
 _SCAN_SECTIONS = (".noptrdata", ".go.module", ".data", ".data.rel.ro")
+_MAX_CANDIDATES = 64  # header-magic look-alikes tried in a stripped binary
+MAX_PCLNTAB_BYTES = 128 << 20  # the largest Go binaries' tables are ~40 MB
 _TABLE_SCAN_SECTIONS = (".data.rel.ro", ".rodata", ".noptrdata", ".data.rel.ro.gopclntab", ".gopclntab")
 
 
@@ -108,6 +110,8 @@ def _magic_candidates(image: ElfImage, sec: Section) -> list[int]:
             start = i + 1
             if i % 4 == 0 and sniff_version(raw[i : i + 16]) is not None:
                 found.append(sec.addr + i)
+                if len(found) >= _MAX_CANDIDATES:  # each costs a scan for moduledata
+                    return found
     return found
 
 
@@ -166,7 +170,13 @@ def _table_bytes(image: ElfImage, addr: int, md: int | None) -> bytes:
                 end = start + length
         except BinaryError:
             pass
-    return image.section_data(sec)[addr - sec.addr : end - sec.addr]
+    size = end - addr
+    if size > MAX_PCLNTAB_BYTES:
+        raise BudgetExceededError(f"{image.name}: a {size}-byte pclntab is over the budget of {MAX_PCLNTAB_BYTES}")
+    if not sec.has_bits or sec.offset + sec.size > len(image.data):
+        raise CorruptBinaryError(f"{image.name}: section {sec.name or '?'} extends past end of file")
+    start = sec.offset + (addr - sec.addr)
+    return bytes(image.data[start : start + size])  # one read of just the table
 
 
 def _gofunc_order(go_version: tuple[int, int] | None) -> tuple[int, ...]:

@@ -8,6 +8,13 @@ than guessed at. All reads are bounds-checked through :func:`_check` so a
 corrupted table raises :class:`CorruptBinaryError`, never a wrong answer or an
 ``IndexError``.
 
+Budgets come before work, because the bytes are a tenant's: the function
+count must fit the table (each function needs a table slot and a ``_func``
+record) and :data:`MAX_FUNCTIONS`; a pc-value walk refuses a zero pc step
+(Go's linker never writes one; a table of them would walk to the end of the
+data for every lookup) and at most :data:`MAX_PCVALUE_BYTES` of table; inline
+chains are at most :data:`MAX_INLINE_DEPTH` deep and may not revisit an entry.
+
 Nothing here does I/O: funcdata that lives outside the table (the inline
 tree) is read through a ``read(addr, size)`` callable the caller supplies.
 """
@@ -24,7 +31,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from itertools import islice
 
-from agent.errors import CorruptBinaryError, NotGoError, UnsupportedGoError
+from agent.errors import BudgetExceededError, CorruptBinaryError, NotGoError, UnsupportedGoError
 
 
 class PclnVersion(IntEnum):
@@ -45,7 +52,9 @@ MAGIC_BYTES_LE = tuple(struct.pack("<I", m) for m in MAGICS)
 PCDATA_INL_TREE_INDEX = 2
 FUNCDATA_INL_TREE = 3
 _NO_FUNCDATA = 0xFFFFFFFF
-_MAX_INLINE_DEPTH = 64  # far deeper than Go's inliner goes; guards against loops
+MAX_INLINE_DEPTH = 32  # far deeper than Go's inliner goes
+MAX_FUNCTIONS = 1 << 21  # Prometheus has 63k, the largest Go binaries a few 100k
+MAX_PCVALUE_BYTES = 1 << 17  # one walk's table; Prometheus' longest is 33 kB
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +207,15 @@ class LineTable:
             self.field_size = self.ptrsize if v == PclnVersion.GO116 else 4
             for name in ("funcnametab", "cutab", "filetab", "pctab", "funcdata"):
                 _check(0 < getattr(self, name) <= n, f"{name} offset out of range")
-        _check(0 < self.nfunc < 1 << 24, f"implausible function count {self.nfunc}")
+        _check(self.nfunc > 0, "no functions")
+        if self.nfunc > MAX_FUNCTIONS:
+            raise BudgetExceededError(f"pclntab: {self.nfunc} functions is over the budget of {MAX_FUNCTIONS}")
+        # Each function needs its table slot and a _func record behind it: a count the
+        # table cannot hold is refused before anything is allocated for it.
+        record = 44 if v >= PclnVersion.GO118 else self.ptrsize + 32
         ftsize = (self.nfunc * 2 + 1) * self.field_size
         _check(self.functab + ftsize <= n, "function table truncated")
+        _check(ftsize + self.nfunc * record <= n, f"{self.nfunc} functions do not fit a {n}-byte table")
 
     def _index_functions(self) -> None:
         """entries[i] = entry PC of function i (plus the end of text); sorted or refused.
@@ -266,12 +281,15 @@ class LineTable:
         """Value of the pc-value table at ``off`` for ``target`` (-1 if absent).
 
         Hand-inlined varint decoding: this loop is the symbolizer's hot path.
-        Running off the end of the data is caught once, outside the loop.
+        Running off the end of the data is caught once, outside the loop. Every
+        step must advance the pc (so a walk is bounded by the function's size)
+        and a walk reads at most MAX_PCVALUE_BYTES.
         """
         if off == 0:
             return -1
         data = self.data
         pos = self.pctab + off
+        limit = pos + MAX_PCVALUE_BYTES
         quantum = self.quantum
         val = -1
         pc = entry
@@ -309,9 +327,13 @@ class LineTable:
                         if shift > 35:
                             raise CorruptBinaryError("pclntab: bad varint")
                     b = pd
+                if b == 0:
+                    raise CorruptBinaryError("pclntab: pc-value table does not advance")
                 pc += b * quantum
                 if target < pc:
                     return val
+                if pos > limit:
+                    raise BudgetExceededError("pclntab: pc-value walk is over the budget")
         except IndexError:
             raise CorruptBinaryError("pclntab: pc-value table runs past the end") from None
 
@@ -446,10 +468,16 @@ class LineTable:
         table = self.pcdata_table(rec, PCDATA_INL_TREE_INDEX) if tree is not None else 0
         at = pc
         if tree is not None and table:
-            for _ in range(_MAX_INLINE_DEPTH):
+            seen: set[int] = set()
+            while True:
                 ix = self.pcvalue(table, rec.entry, at)
                 if ix < 0:
                     break
+                if ix in seen:
+                    raise CorruptBinaryError("pclntab: inline tree has a cycle")
+                if len(seen) >= MAX_INLINE_DEPTH:
+                    raise BudgetExceededError(f"pclntab: inline chain deeper than {MAX_INLINE_DEPTH}")
+                seen.add(ix)
                 name_off, parent_pc = tree(ix)
                 file, line = self.file_line(rec, at)
                 out.append(Frame(self.funcname(name_off), file, line))

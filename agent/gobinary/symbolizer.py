@@ -1,29 +1,36 @@
-"""Symbolize Go PCs: one opened binary, and a bounded cache of them by build ID.
+"""Symbolize Go PCs: one opened binary, and a bounded cache of them by content.
 
 A node runs many processes of few binaries, so a parsed table is shared by
-every process that maps the same build (key: Go build ID, else GNU build ID,
-else a digest of the table). Each binary also keeps a bounded PC -> frames
-cache: hot PCs repeat every sampling interval.
+every process whose file has the same verified content. The key is a digest
+of what the parse produced (tables, kept regions, derived addresses), never a
+build ID the binary declares: a tenant could declare another tenant's ID.
+The daemon parses in a sandboxed child (agent.gobinary.sandbox) and gets
+the result back as :class:`PlainBinary`; :meth:`GoBinary.from_plain` builds
+the in-memory binary from it, with no file behind it. Each binary also keeps
+a bounded PC -> frames cache: hot PCs repeat every sampling interval.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
 import struct
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from agent.errors import BinaryError, CorruptBinaryError, NotGoError
-from agent.gobinary.buildinfo import BuildInfo, read_buildinfo
-from agent.gobinary.elf import ElfImage, open_image
+from agent.errors import BinaryError, BudgetExceededError, CorruptBinaryError, NotGoError
+from agent.gobinary.buildinfo import BuildInfo, parse_modinfo, read_buildinfo_raw
+from agent.gobinary.elf import ElfImage, RegionImage, Segment, open_image
 from agent.gobinary.locate import GoTables, locate
-from agent.gobinary.pclntab import Frame, LineTable
+from agent.gobinary.pclntab import Frame, LineTable, PclnVersion
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -126,32 +133,84 @@ class FrameCache(BoundedCache[tuple[int, int], tuple[Frame, ...]]):
         return next(self._serials)
 
 
+@dataclass(frozen=True)
+class PlainBinary:
+    """A parsed binary as plain data: JSON-able facts plus byte blobs (pclntab first, then
+    the kept regions). What a sandboxed parse sends back; bounded by its budget."""
+
+    meta: dict[str, Any]
+    blobs: list[bytes]
+
+    def digest(self) -> str:
+        h = hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode())
+        for blob in self.blobs:
+            h.update(len(blob).to_bytes(8, "little"))
+            h.update(blob)
+        return "sha256:" + h.hexdigest()[:32]
+
+
+MAX_ID_CHARS = 256  # build IDs are ~80 characters; anything longer is cut
+MAX_KEPT_REGION = 64 << 20  # funcdata copied out of a binary (Prometheus: 4.5 MB)
+SLOW_LOOKUP_S = 0.25  # CPU for one PC's frames; real lookups take microseconds
+SLOW_BINARY_S = 1.0  # CPU a binary's lookups may spend in total at over SLOW_MISS_S each on average
+SLOW_MISS_S = 0.005
+GomaxprocsAddress = tuple[int, str]
+
+
 class GoBinary:
-    """One parsed Go executable: build info, pclntab, identity."""
+    """One parsed Go executable: build info, pclntab, identity.
+
+    Built either over an :class:`ElfImage` (the CLI, tests) or, in the daemon,
+    from a sandbox's :class:`PlainBinary` (:meth:`from_plain`). A binary whose
+    tables turn out corrupt or too costly while symbolizing is marked
+    ``failed`` and answers no further lookups: it costs one failure, not one
+    per PC per cycle.
+    """
 
     def __init__(self, image: ElfImage, *, frames: FrameCache | None = None) -> None:
         with _corrupt_guard(image.name):
             self._init(image, frames if frames is not None else FrameCache())  # an empty cache is falsy
 
     def _init(self, image: ElfImage, frames: FrameCache) -> None:
-        self.image = image
         try:
-            self.buildinfo: BuildInfo | None = read_buildinfo(image)
+            raw: tuple[str, str] | None = read_buildinfo_raw(image)
         except BinaryError:
-            self.buildinfo = None  # stripped of buildinfo or pre-1.13: symbolization still works
+            raw = None  # stripped of buildinfo or pre-1.13: symbolization still works
+        buildinfo = parse_modinfo(*raw) if raw else None
+        version = buildinfo.version_tuple if buildinfo else None
+        tables = locate(image, version[:2] if version else None)
+        self._setup(image, raw, tables, image.go_build_id(), image.gnu_build_id(), frames)
+
+    def _setup(
+        self,
+        image: ElfImage | RegionImage,
+        buildinfo_raw: tuple[str, str] | None,
+        tables: GoTables,
+        go_build_id: str | None,
+        gnu_build_id: str | None,
+        frames: FrameCache,
+    ) -> None:
+        self.image = image
+        self._buildinfo_raw = buildinfo_raw
+        self.buildinfo: BuildInfo | None = parse_modinfo(*buildinfo_raw) if buildinfo_raw else None
         version = self.buildinfo.version_tuple if self.buildinfo else None
-        self.tables: GoTables = locate(image, version[:2] if version else None)
+        self.tables: GoTables = tables
         self.table = LineTable(
-            self.tables.pclntab,
-            text_start=self.tables.text_start,
-            gofunc=self.tables.gofunc,
+            tables.pclntab,
+            text_start=tables.text_start,
+            gofunc=tables.gofunc,
             read=image.read,
             go_version=version[:2] if version else None,
         )
-        self.go_build_id = image.go_build_id()
-        self.gnu_build_id = image.gnu_build_id()
+        self.go_build_id = go_build_id[:MAX_ID_CHARS] if go_build_id else None
+        self.gnu_build_id = gnu_build_id[:MAX_ID_CHARS] if gnu_build_id else None
         self._frames = frames
         self._serial = frames.serial()
+        self._identity: str | None = None
+        self.gomaxprocs_at: GomaxprocsAddress | None = None  # derived from this file (see derive)
+        self.failed: BinaryError | None = None
+        self._miss_cpu = 0.0
+        self._misses = 0
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> GoBinary:
@@ -159,14 +218,104 @@ class GoBinary:
 
     @property
     def identity(self) -> str:
-        """A cache key that cannot go stale: same key, same bytes."""
-        if self.go_build_id:
-            return "go:" + self.go_build_id
-        if self.gnu_build_id:
-            return "gnu:" + self.gnu_build_id
-        import hashlib  # noqa: PLC0415 - rare path; keeps `symbolize` start-up lean
+        """A cache key that cannot go stale or be forged: a digest of the verified content."""
+        if self._identity is None:
+            self._identity = self.to_plain().digest()
+        return self._identity
 
-        return "sha256:" + hashlib.sha256(self.tables.pclntab).hexdigest()[:32]
+    # ---- plain data (the sandbox boundary) ------------------------------------------------------
+    def to_plain(self, derive: Callable[[GoBinary], GomaxprocsAddress | None] | None = None) -> PlainBinary:
+        """Everything :meth:`from_plain` needs; ``derive`` finds runtime.gomaxprocs in this file."""
+        gomaxprocs = derive(self) if derive is not None else self.gomaxprocs_at
+        regions = self._kept_regions()
+        t = self.tables
+        version = self.buildinfo.version_tuple if self.buildinfo else None
+        meta = {
+            "name": self.image.name,
+            "machine": self.image.machine,
+            "is_pie": self.image.is_pie,
+            "segments": [[s.type, s.vaddr, s.offset, s.filesz, s.memsz, s.flags] for s in self.image.segments],
+            "buildinfo": list(self._buildinfo_raw) if self._buildinfo_raw else None,
+            "go_build_id": self.go_build_id,
+            "gnu_build_id": self.gnu_build_id,
+            "tables": [t.pclntab_addr, t.found_in, int(t.version), t.text_start, t.gofunc, t.moduledata_addr],
+            "go_version": list(version[:2]) if version else None,
+            "regions": [addr for addr, _ in regions],
+            "gomaxprocs": list(gomaxprocs) if gomaxprocs else None,
+        }
+        return PlainBinary(meta, [t.pclntab, *(data for _, data in regions)])
+
+    def _kept_regions(self) -> list[tuple[int, bytes]]:
+        """The funcdata that inline trees live in: from gofunc to the end of its section
+        (Go >= 1.18), else the whole .rodata."""
+        image = self.image
+        if isinstance(image, RegionImage):
+            return list(image.regions)
+        t = self.tables
+        sec = None
+        start = 0
+        if t.version >= PclnVersion.GO118 and t.gofunc is not None:
+            sec = image.section_at(t.gofunc)
+            start = t.gofunc
+        elif t.version < PclnVersion.GO118:
+            sec = image.section(".rodata")
+            start = sec.addr if sec is not None else 0
+        if sec is None or not sec.has_bits:
+            return []
+        size = sec.addr + sec.size - start
+        if size > MAX_KEPT_REGION:
+            raise BudgetExceededError(f"{image.name}: {size} bytes of funcdata is over the budget")
+        return [(start, image.read(start, size))]
+
+    @classmethod
+    def from_plain(
+        cls, plain: PlainBinary, *, frames: FrameCache | None = None, identity: str | None = None
+    ) -> GoBinary:
+        """Rebuild a binary from plain data, checking every field's type (it crossed a process boundary)."""
+        m = plain.meta
+        name = _field(m, "name", str)[:4096]
+        try:
+            (addr, found_in, version, text_start, gofunc, md) = _field(m, "tables", list)
+            regions_at = [_int(a) for a in _field(m, "regions", list)]
+            if len(plain.blobs) != 1 + len(regions_at):
+                raise ValueError("blob count")
+            segments = [Segment(*(_int(v) for v in seg)) for seg in _field(m, "segments", list)]
+            raw = m.get("buildinfo")
+            buildinfo_raw = (str(raw[0]), str(raw[1])) if isinstance(raw, list) and len(raw) == 2 else None
+            tables = GoTables(
+                plain.blobs[0],
+                _int(addr),
+                str(found_in)[:200],
+                PclnVersion(version),
+                _opt_int(text_start),
+                _opt_int(gofunc),
+                _opt_int(md),
+            )
+            gmp = m.get("gomaxprocs")
+            gomaxprocs = (_int(gmp[0]), str(gmp[1])[:200]) if isinstance(gmp, list) and len(gmp) == 2 else None
+            image = RegionImage(
+                name,
+                machine=str(_field(m, "machine", str)),
+                is_pie=bool(m.get("is_pie")),
+                segments=segments,
+                regions=list(zip(regions_at, plain.blobs[1:], strict=True)),
+            )
+            go_id, gnu_id = m.get("go_build_id"), m.get("gnu_build_id")
+        except (TypeError, ValueError, KeyError) as exc:
+            raise CorruptBinaryError(f"{name}: malformed parse result ({exc})") from None
+        binary = cls.__new__(cls)
+        with _corrupt_guard(name):
+            binary._setup(
+                image,
+                buildinfo_raw,
+                tables,
+                go_id if isinstance(go_id, str) else None,
+                gnu_id if isinstance(gnu_id, str) else None,
+                frames if frames is not None else FrameCache(),
+            )
+        binary.gomaxprocs_at = gomaxprocs
+        binary._identity = identity or plain.digest()
+        return binary
 
     def addr2line(self, pc: int) -> Frame | None:
         """What ``go tool addr2line`` answers for a link-time address."""
@@ -176,13 +325,35 @@ class GoBinary:
             raise _as_corrupt(self.image.name, exc) from None
 
     def frames(self, pc: int) -> tuple[Frame, ...]:
-        """Inline-expanded frames at a link-time PC, innermost first (cached)."""
+        """Inline-expanded frames at a link-time PC, innermost first (cached).
+
+        The first corrupt table, over-budget walk or lookup slower than
+        SLOW_LOOKUP_S of CPU, or lookups costing over SLOW_MISS_S each once they
+        add up to SLOW_BINARY_S, mark the binary failed: later calls raise at
+        once, so no binary can take a cycle's time from the others.
+        """
         key = (self._serial, pc)
         cached = self._frames.get(key)
         if cached is not None:
             return cached
-        with _corrupt_guard(self.image.name):
-            result = tuple(self.table.frames(pc))
+        if self.failed is not None:
+            raise _detached(self.failed)
+        started = time.thread_time()
+        try:
+            with _corrupt_guard(self.image.name):
+                result = tuple(self.table.frames(pc))
+        except BinaryError as exc:
+            self.failed = _detached(exc)
+            raise
+        spent = time.thread_time() - started
+        self._miss_cpu += spent
+        self._misses += 1
+        if spent > SLOW_LOOKUP_S:
+            self.failed = BudgetExceededError(f"{self.image.name}: symbolizing one PC took over {SLOW_LOOKUP_S}s")
+        elif self._miss_cpu > SLOW_BINARY_S and self._miss_cpu / self._misses > SLOW_MISS_S:
+            self.failed = BudgetExceededError(
+                f"{self.image.name}: symbolizing costs {1000 * self._miss_cpu / self._misses:.0f} ms per PC"
+            )
         self._frames.put(key, result)
         return result
 
@@ -228,16 +399,35 @@ def _detached(exc: BinaryError) -> BinaryError:
 
 
 def binary_weight(binary: GoBinary) -> int:
-    """Bytes a parsed binary keeps on the heap: its pclntab copy plus the function index."""
-    return len(binary.tables.pclntab) + 48 * binary.table.nfunc
+    """Bytes a parsed binary keeps on the heap: its pclntab copy, the function index, kept regions."""
+    return len(binary.tables.pclntab) + 48 * binary.table.nfunc + binary.image.kept_bytes
+
+
+def _field(meta: dict[str, Any], key: str, kind: type) -> Any:
+    value = meta[key]
+    if not isinstance(value, kind):
+        raise TypeError(f"{key} is not a {kind.__name__}")
+    return value
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 64:
+        raise TypeError("not an address")
+    return value
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else _int(value)
 
 
 class BinaryCache:
-    """Parsed binaries by build identity, bounded; shared by every process.
+    """Parsed binaries by content identity, bounded; shared by every process.
 
-    ``open`` takes a file identity (e.g. (dev, inode, mtime) of /proc/PID/exe)
-    so the expensive parse happens once per build, and remembers failures so
-    a broken binary costs one attempt, not one per sample.
+    ``get`` takes a file identity (e.g. (dev, inode, mtime, size) of
+    /proc/PID/exe) and a parse returning :class:`PlainBinary` (the daemon's
+    runs in a sandbox), so the expensive parse happens once per file; files
+    with the same verified content share one parsed binary. Failures are
+    remembered so a broken binary costs one attempt, not one per sample.
 
     Bounded twice: at most ``capacity`` binaries and, least recently used first,
     at most ``max_bytes`` of their tables (a parsed binary holds its pclntab,
@@ -254,12 +444,12 @@ class BinaryCache:
         self.frames = FrameCache(pc_capacity)
         self.max_bytes = max_bytes
         self.weight = 0
-        self._by_build: BoundedCache[str, GoBinary] = BoundedCache(capacity)
+        self._by_build: BoundedCache[str, GoBinary] = BoundedCache(capacity)  # by content digest
         self._by_file: BoundedCache[tuple[object, ...], str] = BoundedCache(capacity * 16)
         self._failures: BoundedCache[tuple[object, ...], BinaryError] = BoundedCache(failure_capacity)
         self._lock = threading.Lock()
 
-    def get(self, file_key: tuple[object, ...], opener: Callable[[], ElfImage]) -> GoBinary:
+    def get(self, file_key: tuple[object, ...], parse: Callable[[], PlainBinary]) -> GoBinary:
         """The parsed binary for ``file_key``; raises the (remembered) BinaryError."""
         with self._lock:
             failure = self._failures.get(file_key)
@@ -271,19 +461,20 @@ class BinaryCache:
                 if binary is not None:
                     return binary
         try:
-            binary = GoBinary(opener(), frames=self.frames)
+            plain = parse()
+            identity = plain.digest()
+            with self._lock:
+                existing = self._by_build.get(identity)
+            binary = existing or GoBinary.from_plain(plain, frames=self.frames, identity=identity)
         except BinaryError as exc:
             with self._lock:
                 self._failures.put(file_key, _detached(exc))
             raise
         with self._lock:
-            existing = self._by_build.get(binary.identity)
-            if existing is not None:
-                binary = existing
-            else:
-                self._by_build.put(binary.identity, binary)
+            if existing is None:
+                self._by_build.put(identity, binary)
                 self._reweigh()
-            self._by_file.put(file_key, binary.identity)
+            self._by_file.put(file_key, identity)
         return binary
 
     def _reweigh(self) -> None:
@@ -299,7 +490,7 @@ class BinaryCache:
             st = p.stat()
         except OSError as exc:
             raise BinaryError(f"{p}: cannot stat: {exc.strerror or exc}") from None
-        return self.get((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size), lambda: open_image(p))
+        return self.get((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size), lambda: GoBinary.open(p).to_plain())
 
     def __len__(self) -> int:
         return len(self._by_build)

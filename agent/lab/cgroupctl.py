@@ -72,9 +72,29 @@ def set_limit(path: Path, version: int, cores: float | None, period_us: int = PE
         write_file(path / fname, text)
 
 
+def find_memory_hierarchy(cgroup_fs: Path = Path("/sys/fs/cgroup")) -> CpuHierarchy:
+    """cgroup v1's memory controller if mounted, else a cgroup v2 tree that offers ``memory``."""
+    v1 = cgroup_fs / "memory"
+    if (v1 / "memory.limit_in_bytes").is_file():
+        return CpuHierarchy(1, v1)
+    for root in (cgroup_fs, cgroup_fs / "unified"):
+        try:
+            controllers = (root / "cgroup.controllers").read_text().split()
+        except OSError:
+            continue
+        if "memory" in controllers:
+            return CpuHierarchy(2, root)
+    raise CgroupError(f"no cgroup memory controller under {cgroup_fs}", help=HELP_CGROUP.replace("cpu", "memory"))
+
+
 def set_memory_limit(path: Path, version: int, limit_bytes: int) -> None:
-    """A hard memory limit on the cgroup at ``path``, as a pod's limits.memory sets (the OOM killer's line)."""
-    write_file(path / ("memory.limit_in_bytes" if version == 1 else "memory.max"), str(limit_bytes))
+    """A hard memory limit (what a Pod's resources.limits.memory sets), swap included where v1 allows."""
+    if version == 2:
+        write_file(path / "memory.max", str(limit_bytes))
+        return
+    write_file(path / "memory.limit_in_bytes", str(limit_bytes))
+    if (path / "memory.memsw.limit_in_bytes").exists():
+        write_file(path / "memory.memsw.limit_in_bytes", str(limit_bytes))
 
 
 def make_cgroup(path: Path) -> Path:

@@ -113,7 +113,8 @@ def test_defaults_without_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     args = build_parser().parse_args(["run"])
     assert (args.interval, args.max_series, args.bpf_retry, args.frequency) == (15.0, 5000, 60.0, 97)
-    assert (args.listen, args.node_name, args.no_kubernetes, args.host_root) == ([("127.0.0.1", 9464)], "", False, Path("/"))
+    assert args.listen == [("127.0.0.1", 9464)]
+    assert (args.node_name, args.no_kubernetes, args.host_root) == ("", False, Path("/"))
     assert (args.log_level, args.log_format, args.cache_dir, args.kernel_headers) == ("info", "text", None, None)
     assert (args.user, args.profiles, args.profiles_token_file) == (None, False, None)
 
