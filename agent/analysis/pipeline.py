@@ -9,14 +9,16 @@ the row or in the result's errors: one odd process costs that process.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.analysis.attribution import attribute
+from agent.analysis.attribution import ProcessProfile
 from agent.analysis.gomaxprocs import Facts, Gomaxprocs, containermaxprocs_enabled, gomaxprocs_address, infer, read_live
+from agent.analysis.goruntime import Category, CategoryRanges, category_ranges
 from agent.analysis.model import GoProcessReport, OtherSummary, ScanResult
 from agent.analysis.verdict import Evidence, judge
 from agent.errors import BinaryError, NodeAgentError, NotGoError, ProcessGoneError
@@ -24,6 +26,12 @@ from agent.gobinary.elf import open_image
 from agent.gobinary.symbolizer import BinaryCache, BoundedCache, GoBinary
 from agent.host.procfs import ProcessInfo, ProcFS
 from agent.sampling.sampler import DrainResult
+
+log = logging.getLogger(__name__)
+
+# Kernel category name -> the category a row reports it under ("unregistered": sampled
+# before the agent told the kernel this process is Go, so its category is unknown).
+_KERNEL_CATEGORY = {c.value: c for c in Category} | {"unregistered": Category.UNKNOWN}
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,24 @@ class KubeSource(Protocol):
     def lookup(self, pod_uid: str, container_id: str | None) -> WorkloadMeta | None: ...
 
 
+class Registrar(Protocol):
+    """Where a Go process's category ranges go: agent.sampling.sampler.Sampler."""
+
+    registered: dict[int, object]
+
+    def register(
+        self,
+        tgid: int,
+        *,
+        text: tuple[int, int],
+        hot: Sequence[tuple[int, int, bool]],
+        runtime: Sequence[tuple[int, int]],
+        token: object = None,
+    ) -> None: ...
+
+    def unregister(self, tgid: int) -> None: ...
+
+
 @dataclass
 class PipelineStats:
     """Per-kind counts of skipped items, for node_agent_errors_total."""
@@ -104,6 +130,7 @@ class Pipeline:
         self.host_cpus = host_cpus or os.cpu_count() or 1
         self.stats = PipelineStats()
         self._addr_cache: BoundedCache[str, tuple[int, str] | None] = BoundedCache(256)
+        self._ranges: BoundedCache[str, CategoryRanges | None] = BoundedCache(256)
         self._throttle_start: dict[str, Throttle] = {}
 
     # ---- window bookkeeping -------------------------------------------------------------------
@@ -130,17 +157,28 @@ class Pipeline:
         return max(0.0, min(1.0, (end.nr_throttled - begin.nr_throttled) / periods))
 
     # ---- the join -----------------------------------------------------------------------------
-    def run(self, drain: DrainResult, *, frequency_hz: int, duration_s: float) -> ScanResult:
-        by_tgid: dict[int, list[tuple[tuple[int, ...], int]]] = defaultdict(list)
+    def run(
+        self,
+        drain: DrainResult,
+        *,
+        frequency_hz: int,
+        duration_s: float,
+        registrar: Registrar | None = None,
+    ) -> ScanResult:
+        """Rows for the window; with ``registrar``, also keep the kernel's Go process ranges current."""
+        counts: dict[int, Counter[Category]] = defaultdict(Counter)
+        for c in drain.categories:
+            counts[c.tgid][_KERNEL_CATEGORY.get(c.category, Category.UNKNOWN)] += c.count
+        stacks_of: dict[int, list[tuple[tuple[int, ...], int]]] = defaultdict(list)
         for s in drain.samples:
-            by_tgid[s.tgid].append((s.user_stack, s.count))
+            stacks_of[s.tgid].append((s.user_stack, s.count))
         go: list[GoProcessReport] = []
         other = OtherSummary()
         other_comms: Counter[str] = Counter()
         exited = 0
         errors: list[str] = []
-        for tgid, stacks in sorted(by_tgid.items()):
-            count = sum(n for _, n in stacks)
+        for tgid, cats in sorted(counts.items()):
+            count = sum(cats.values())
             try:
                 info = self.procfs.snapshot(tgid)
             except ProcessGoneError:
@@ -161,11 +199,19 @@ class Pipeline:
                 other.samples += count
                 other_comms[info.comm] += count
                 continue
+            bias = binary.load_bias((m.start, m.offset) for m in info.exe_mappings())
+            if registrar is not None:
+                self._register(registrar, info, binary, bias)
+            profile = ProcessProfile(samples=count, categories=cats)
+            if stacks_of.get(tgid):
+                profile.pending.append((binary, bias or 0, stacks_of[tgid]))
             try:
-                go.append(self._report(info, binary, stacks, frequency_hz))
+                go.append(self._report(info, binary, bias, profile, frequency_hz))
             except NodeAgentError as exc:
                 self.stats.errors["report_failed"] += 1
                 errors.append(f"pid {tgid} ({info.comm}): {exc.describe()}")
+        if registrar is not None:
+            self._prune(registrar, set(counts))
         other.top = other_comms.most_common(10)
         return ScanResult(
             duration_s=duration_s,
@@ -177,6 +223,65 @@ class Pipeline:
             exited_samples=exited,
             errors=errors,
         )
+
+    # ---- the kernel's view of Go processes -------------------------------------------------------
+    def register_all(self, registrar: Registrar) -> int:
+        """Register every Go process running now (before a first window); returns how many."""
+        for pid in self.procfs.list_pids():
+            try:
+                info = self.procfs.snapshot(pid)
+            except (NodeAgentError, OSError):
+                continue
+            if info is None or pid in registrar.registered:
+                continue
+            binary = self._binary(info)
+            if binary is not None:
+                bias = binary.load_bias((m.start, m.offset) for m in info.exe_mappings())
+                self._register(registrar, info, binary, bias)
+        return len(registrar.registered)
+
+    def _register(self, registrar: Registrar, info: ProcessInfo, binary: GoBinary, bias: int | None) -> None:
+        """Hand the kernel this process's ranges, unless it has them for this very program already."""
+        token = (info.start_time, info.exe.file_key if info.exe else None, bias)
+        if registrar.registered.get(info.pid) == token:
+            return
+        ident = binary.identity
+        if ident not in self._ranges:
+            try:
+                self._ranges.put(ident, category_ranges(binary.table.functions()))
+            except BinaryError:
+                self.stats.errors["binary_unreadable"] += 1
+                self._ranges.put(ident, None)
+        ranges = self._ranges.get(ident)
+        if ranges is None or bias is None:
+            return  # its samples stay "unknown": counted, never guessed
+        if ranges.bridged:
+            self.stats.errors["runtime_ranges_bridged"] += 1
+        r = ranges.shifted(bias)
+        try:
+            registrar.register(
+                info.pid,
+                text=r.text,
+                hot=[(lo, hi, c == Category.GC) for lo, hi, c in r.hot],
+                runtime=r.runtime,
+                token=token,
+            )
+        except (NodeAgentError, OSError) as exc:
+            self.stats.errors["register_failed"] += 1
+            registrar.registered.pop(info.pid, None)
+            log.warning("pid %d: could not register its ranges: %s", info.pid, exc)
+
+    def _prune(self, registrar: Registrar, seen: set[int]) -> None:
+        """Forget processes that exited (their pid may come back as another program)."""
+        for pid, token in list(registrar.registered.items()):
+            if pid in seen:
+                continue  # _register just checked it
+            try:
+                start_time = self.procfs.process_key(pid).start_time
+            except (NodeAgentError, OSError):
+                start_time = None
+            if not (isinstance(token, tuple) and token and token[0] == start_time):
+                registrar.unregister(pid)
 
     def _binary(self, info: ProcessInfo) -> GoBinary | None:
         exe = info.exe
@@ -210,11 +315,10 @@ class Pipeline:
         self,
         info: ProcessInfo,
         binary: GoBinary,
-        stacks: list[tuple[tuple[int, ...], int]],
+        bias: int | None,
+        profile: ProcessProfile,
         frequency_hz: int,
     ) -> GoProcessReport:
-        bias = binary.load_bias((m.start, m.offset) for m in info.exe_mappings())
-        profile = attribute(binary, bias or 0, stacks)
         problems = list(info.errors)
         cg: CgroupFacts
         try:
@@ -248,7 +352,7 @@ class Pipeline:
                 limit_cores=cg.effective_limit,
                 affinity_cpus=affinity,
                 shares=profile.shares(),
-                samples=profile.samples,
+                samples=profile.known_samples,
                 go_version=version,
                 spec_gomaxprocs=meta.spec_gomaxprocs if meta else None,
                 containermaxprocs_off=off and version is not None and version >= (1, 25, 0),
