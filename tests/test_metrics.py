@@ -87,7 +87,7 @@ def test_unknown_samples_are_exported_apart_and_left_out_of_shares() -> None:
     lbl = {"namespace": "shop", "pod": "web-1", "container": "app"}
     got = {c: reg.get_sample_value("node_agent_go_cpu_seconds_total", {**lbl, "category": c}) for c in Category}
     assert got == {"scheduler": 0.5, "gc": 0.0, "runtime_other": 0.0, "user": 0.5, "unknown": 1.0}
-    assert sum(got.values()) == r.cpu_seconds  # the categories add up to all the CPU sampled
+    assert sum(v or 0.0 for v in got.values()) == r.cpu_seconds  # the categories add up to all the CPU sampled
 
 
 def test_series_cap_keeps_busiest() -> None:

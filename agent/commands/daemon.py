@@ -185,10 +185,13 @@ class Daemon:
         self.cycles += 1
         cache = self.pipeline.binaries
         log.debug(
-            "cycle %d: %d Go processes, %.3fs; %d binaries (%.1f MiB of tables), %d cached PCs, %d Python blocks",
+            "cycle %d: %d Go processes, %.3fs; drain %.3fs, work %.3fs; %d binaries (%.1f MiB of tables), "
+            "%d cached PCs, %d Python blocks",
             self.cycles,
             len(result.go),
             time.monotonic() - started,
+            drain.drain_seconds,
+            time.monotonic() - t0 + drain.drain_seconds,
             len(cache),
             cache.weight / 2**20,
             len(cache.frames),

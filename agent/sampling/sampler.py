@@ -17,6 +17,7 @@ plain dataclasses.
 
 from __future__ import annotations
 
+import array
 import atexit
 import ctypes as ct
 import errno
@@ -24,6 +25,7 @@ import importlib
 import logging
 import math
 import os
+import struct
 import sys
 import tempfile
 import time
@@ -55,6 +57,9 @@ LOST_REASONS: tuple[str, ...] = (
 # Same order as `enum category` in bpf/profile.bpf.c.
 KERNEL_CATEGORIES: tuple[str, ...] = ("scheduler", "gc", "runtime_other", "user", "unknown", "unregistered")
 CAT_SCHEDULER, CAT_GC = 0, 1
+# The map keys of bpf/profile.bpf.c (struct cat_key, struct sample_key), native order, no padding.
+_CAT_KEY = struct.Struct("=IIQ")
+_SAMPLE_KEY = struct.Struct("=IIQQiI")
 RANGE_PAD = 1 << 62  # fills unused range slots; above every user address (bpf/profile.bpf.c)
 PROGRAM = "on_cpu_sample"
 Stack = tuple[int, ...]
@@ -629,17 +634,14 @@ class Sampler:
         interval, self._last_flip = flipped - self._last_flip, flipped
 
         categories = [
-            CategoryCount(k.tgid, k.cgroup_id, KERNEL_CATEGORIES[k.category], int(v))
-            for k, v in self._take(self._cats[old], "cats")
-            if k.category < len(KERNEL_CATEGORIES)
+            CategoryCount(tgid, cgroup_id, KERNEL_CATEGORIES[cat], count)
+            for (tgid, cat, cgroup_id), count in self._take(self._cats[old], "cats", _CAT_KEY)
+            if cat < len(KERNEL_CATEGORIES)
         ]
-        counts = [
-            (k.tgid, k.tid, k.cgroup_id, int(k.stack_hash), k.user_stack_err, int(v))
-            for k, v in self._take(self._counts[old], "counts")
-        ]
+        counts = self._take(self._counts[old], "counts", _SAMPLE_KEY)
         stacks = self._take_stacks(self._stacks[old])
         samples = []
-        for tgid, tid, cgroup_id, stack_hash, err, count in counts:
+        for (tgid, tid, cgroup_id, stack_hash, err, _pad), count in counts:
             frames = stacks.get(stack_hash) if stack_hash else None
             if frames is None:
                 # No stack: the kernel's reason, or ENOENT when a stack the key names was not found.
@@ -701,17 +703,19 @@ class Sampler:
 
     # ----------------------------------------------------------------- map reading
 
-    def _take(self, table: Any, buffers: str) -> list[tuple[Any, Any]]:
-        """Read and empty a small map: (key, value) pairs (views into reused buffers, read them at once)."""
+    def _take(self, table: Any, buffers: str, key: struct.Struct) -> list[tuple[tuple[int, ...], int]]:
+        """Read and empty a small map: (key fields, u64 value) pairs, unpacked in C rather than per field."""
         keys, values = self._buffers[buffers]
         if self.batch_supported:
             try:
                 n = self._take_batch(table, keys, values)
-                return list(zip(keys[:n], values[:n], strict=True))
+                raw_keys = memoryview(keys).cast("B")[: n * key.size]
+                raw_values = memoryview(values).cast("B").cast("Q")[:n].tolist()
+                return list(zip(key.iter_unpack(raw_keys), raw_values, strict=True))
             except _BatchUnsupported:
                 self.batch_supported = False
                 log.info("BPF batch map operations unsupported; draining key by key")
-        return self._take_iter(table)
+        return [(key.unpack(bytes(k)), int(v.value)) for k, v in self._take_iter(table)]
 
     def _take_batch(self, table: Any, keys: Any, values: Any, chunk: Any = None) -> int:
         """lookup_and_delete_batch until the map is empty or the buffers are full; returns entries read.
@@ -753,12 +757,13 @@ class Sampler:
         return total
 
     def _take_iter(self, table: Any) -> list[tuple[Any, Any]]:
+        """Key by key (kernels without batch operations): (key, value) ctypes objects."""
         out = []
         for k in list(table.keys()):
             value = table.Leaf()
             if self._lib.bpf_lookup_elem(table.map_fd, ct.byref(k), ct.byref(value)) == 0:
                 self._lib.bpf_delete_elem(table.map_fd, ct.byref(k))
-                out.append((k, value.value if hasattr(value, "value") else value))
+                out.append((k, value))
         return out
 
     def _take_stacks(self, table: Any) -> dict[int, Stack]:
@@ -766,11 +771,22 @@ class Sampler:
         out: dict[int, Stack] = {}
         depth = self.config.stack_depth
         keys, values = self._buffers["stacks"]
-        raw = memoryview(values).cast("B").cast("Q")  # every stack's frames, back to back
+        raw = memoryview(values).cast("B")  # every stack's frames, back to back
+        row = depth * 8
+
+        frames = array.array("Q")
 
         def chunk(n: int) -> None:
-            for i in range(n):
-                out[int(keys[i])] = stack_from_ips(raw[i * depth : (i + 1) * depth].tolist())
+            frames.frombytes(raw[: n * row])  # one copy of the chunk; its zero-padded rows are searched in C
+            ends = frames.index
+            for i, h in enumerate(memoryview(keys).cast("B").cast("Q")[:n].tolist()):
+                s = i * depth
+                try:
+                    e = ends(0, s, s + depth)
+                except ValueError:
+                    e = s + depth
+                out[h] = tuple(frames[s:e])
+            del frames[:]
 
         if self.batch_supported:
             try:
