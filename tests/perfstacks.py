@@ -12,16 +12,23 @@ import subprocess
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from agent.analysis.goruntime import Category, classify
+from agent.analysis.goruntime import CATEGORIES, Category, classify
 
 _HEADER = re.compile(r"^\s*(\d+)\s+(\d+\.\d+):\s*$")
 
 
-def record(pids: list[int], seconds: float, out: Path, frequency: int = 97) -> subprocess.Popen[bytes]:
-    """Start `perf record -g` on ``pids``; wait() on the result when done."""
+def record(
+    pids: list[int], seconds: float, out: Path, frequency: int = 97, *, fixed_period: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start `perf record -g` on ``pids``; wait() on the result when done.
+
+    ``fixed_period`` samples every 1/frequency s of CPU time (-c) instead of letting
+    the kernel adapt the period (-F), which under-samples short bursts of new threads.
+    """
+    rate = ["-c", str(round(1e9 / frequency))] if fixed_period else ["-F", str(frequency)]
     return subprocess.Popen(
         [
-            "perf", "record", "-q", "-e", "cpu-clock", "-F", str(frequency), "-g", "-k", "CLOCK_MONOTONIC",
+            "perf", "record", "-q", "-e", "cpu-clock", *rate, "-g", "-k", "CLOCK_MONOTONIC",
             "-p", ",".join(map(str, pids)), "-o", str(out), "--", "sleep", str(seconds),
         ],
         stdout=subprocess.DEVNULL,
@@ -76,4 +83,4 @@ def parse_script(text: str, window: tuple[float, float] | None = None) -> dict[i
 
 def shares(counts: Counter[Category]) -> dict[Category, float]:
     total = sum(counts.values())
-    return {c: counts[c] / total if total else 0.0 for c in Category}
+    return {c: counts[c] / total if total else 0.0 for c in CATEGORIES}

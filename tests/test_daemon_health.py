@@ -17,7 +17,7 @@ from agent.analysis.pipeline import Deadline, Pipeline
 from agent.commands.daemon import FAILING_CYCLES, Daemon, DaemonConfig
 from agent.host.cgroupsource import HostCgroups
 from agent.host.procfs import ProcFS
-from agent.sampling.sampler import DrainResult, Sample
+from agent.sampling.sampler import CategoryCount, DrainResult, Sample
 
 
 class StandInSampler:
@@ -27,6 +27,13 @@ class StandInSampler:
 
     def __init__(self) -> None:
         self.drains = 0
+        self.registered: dict[int, object] = {}
+
+    def register(self, tgid: int, **_: object) -> None:
+        self.registered[tgid] = _.get("token")
+
+    def unregister(self, tgid: int) -> None:
+        self.registered.pop(tgid, None)
 
     def drain(self) -> DrainResult:
         self.drains += 1
@@ -87,7 +94,11 @@ def test_a_passed_deadline_skips_the_rest_of_the_window_and_is_counted() -> None
     pipeline = Pipeline(ProcFS(Path("/proc")), HostCgroups(Path("/")))
     pids = [os.getpid(), os.getppid()]
     drain = DrainResult(
-        samples=[Sample(pid, 0, 0, (0x401000,), (), 3) for pid in pids], lost={}, idle_samples=0, interval_seconds=1
+        samples=[Sample(pid, 0, 0, (0x401000,), 3) for pid in pids],
+        lost={},
+        idle_samples=0,
+        interval_seconds=1,
+        categories=[CategoryCount(pid, 0, "user", 3) for pid in pids],
     )
     result = pipeline.run(drain, frequency_hz=97, duration_s=1.0, deadline=Deadline(time.monotonic() - 1))
     assert pipeline.skipped_by_deadline == len(pids)

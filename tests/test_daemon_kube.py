@@ -119,7 +119,7 @@ def test_daemon_labels_kubernetes_workloads_from_cgroup_and_pod_watch(tmp_path: 
     assert value("node_agent_go_gomaxprocs_recommended") == 2
     assert value("node_agent_container_cpu_limit_cores") == 1.0
     cpu = {lbl["category"]: v for lbl, v in metrics["node_agent_go_cpu_seconds_total"] if lbl.items() >= labels.items()}
-    assert set(cpu) == {"scheduler", "gc", "runtime_other", "user"} and sum(cpu.values()) > 0
+    assert set(cpu) == {"scheduler", "gc", "runtime_other", "user", "unknown"} and sum(cpu.values()) > 0
     assert profiles[0] == 200 and profiles[1][:2] == b"\x1f\x8b"
     assert agent.returncode == 0
     assert selectors == {"spec.nodeName=node-a"}, selectors  # only this node's pods, never cluster-wide

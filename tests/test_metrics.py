@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from prometheus_client import CollectorRegistry, generate_latest
 
 from agent import revision
+from agent.analysis.attribution import ProcessProfile
 from agent.analysis.goruntime import Category
 from agent.analysis.model import GoProcessReport
 from agent.analysis.verdict import Verdict
@@ -71,14 +74,31 @@ def test_non_kubernetes_and_staleness() -> None:
     assert reg.get_sample_value("node_agent_go_gomaxprocs", lbl) is None
 
 
+def test_unknown_samples_are_exported_apart_and_left_out_of_shares() -> None:
+    """A sample whose stack could not be read is never `user`: it has its own series."""
+    r = row("web-1", "app", 64, Verdict.ABOVE, cpu=2.0)
+    r.profile = ProcessProfile(
+        samples=200, categories=Counter({Category.SCHEDULER: 50, Category.USER: 50, Category.UNKNOWN: 100})
+    )
+    assert r.profile.shares()[Category.SCHEDULER] == 0.5  # of the 100 known samples
+    m = AgentMetrics()
+    reg = CollectorRegistry()
+    reg.register(m)
+    m.update([r], now=0)
+    lbl = {"namespace": "shop", "pod": "web-1", "container": "app"}
+    got = {c: reg.get_sample_value("node_agent_go_cpu_seconds_total", {**lbl, "category": c}) for c in Category}
+    assert got == {"scheduler": 0.5, "gc": 0.0, "runtime_other": 0.0, "user": 0.5, "unknown": 1.0}
+    assert sum(v or 0.0 for v in got.values()) == r.cpu_seconds  # the categories add up to all the CPU sampled
+
+
 def test_series_cap_keeps_busiest() -> None:
-    m = AgentMetrics(max_series=18)  # room for two containers
+    m = AgentMetrics(max_series=20)  # room for two containers
     reg = CollectorRegistry()
     reg.register(m)
     m.update([row(f"p{i}", "c", 2, Verdict.OK, cpu=float(i)) for i in range(1, 5)], now=0)
     kept = {s.labels["pod"] for f in reg.collect() for s in f.samples if s.name == "node_agent_go_gomaxprocs"}
     assert kept == {"p4", "p3"}
-    assert reg.get_sample_value("node_agent_series_dropped_total") == 18
+    assert reg.get_sample_value("node_agent_series_dropped_total") == 20
 
 
 def test_self_metrics_and_contract() -> None:

@@ -23,6 +23,7 @@ from agent.errors import BPFUnavailableError, NodeAgentError
 from agent.sampling.kheaders import HeaderSearch
 from agent.sampling.sampler import (
     LOST_REASONS,
+    CategoryCount,
     DrainResult,
     Finding,
     Sample,
@@ -30,6 +31,7 @@ from agent.sampling.sampler import (
     SamplerConfig,
     can_bpf_and_perf,
     diagnose,
+    map_sizes,
     parse_cap_eff,
     parse_cpu_list,
     parse_lockdown,
@@ -81,7 +83,8 @@ def test_stack_from_ips() -> None:
 
 def test_config_sizes_are_cflags_and_validated() -> None:
     cfg = SamplerConfig(count_entries=100, stack_entries=50, stack_depth=64, per_thread=True)
-    assert cfg.cflags() == ["-DCOUNT_ENTRIES=100", "-DSTACK_ENTRIES=50", "-DSTACK_DEPTH=64", "-DPER_THREAD=1"]
+    assert cfg.cflags()[:4] == ["-DCOUNT_ENTRIES=100", "-DSTACK_ENTRIES=50", "-DSTACK_DEPTH=64", "-DPER_THREAD=1"]
+    assert "-DMAX_RT=64" in cfg.cflags()
     assert SamplerConfig().sample_freq == 97
     for bad in ({"sample_freq": 0}, {"stack_depth": 128}, {"count_entries": 0}):
         with pytest.raises(NodeAgentError):
@@ -89,9 +92,25 @@ def test_config_sizes_are_cflags_and_validated() -> None:
 
 
 def test_drain_result_totals() -> None:
-    s = Sample(1, 0, 9, (1, 2), (), 5, kernel_stack_error=errno.EFAULT)
-    r = DrainResult([s, s], dict.fromkeys(LOST_REASONS, 0) | {"counts_full": 3}, 7, 1.0)
+    s = Sample(1, 0, 9, (), 5, user_stack_error=errno.EFAULT)
+    cats = [CategoryCount(1, 9, "unknown", 5), CategoryCount(1, 9, "user", 5)]
+    r = DrainResult([s], dict.fromkeys(LOST_REASONS, 0) | {"categories_full": 3}, 7, 1.0, categories=cats)
     assert (r.busy_samples, r.total_samples) == (10, 20)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "freq", "interval", "sizes"),
+    [
+        (2, 97, 15.0, (4096, 4096)),  # today's small node: the floor
+        (2, 9312, 5.0, (131072, 65536)),  # 18,624 samples/s: both at their caps
+        (192, 97, 15.0, (131072, 65536)),
+        (8, 97, 15.0, (16384, 16384)),
+    ],
+)
+def test_map_sizes_follow_cpus_rate_and_interval(
+    cpus: int, freq: int, interval: float, sizes: tuple[int, int]
+) -> None:
+    assert map_sizes(cpus, freq, interval) == sizes
 
 
 # --------------------------------------------------------------------------- diagnosis on fixture roots
@@ -251,7 +270,12 @@ def sampler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sampler]:
 
 
 def count_for(result: DrainResult, tgid: int) -> int:
-    return sum(s.count for s in result.samples if s.tgid == tgid)
+    return sum(c.count for c in result.categories if c.tgid == tgid)
+
+
+def register_as_user_code(sampler: Sampler, pid: int) -> None:
+    """Register a non-Go child as if all its code were Go user code: it then gets stacks too."""
+    sampler.register(pid, text=(0, 1 << 47), hot=[], runtime=[])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -267,18 +291,21 @@ def timed_drain(sampler: Sampler, pid: int) -> tuple[DrainResult, float]:
 
 @pytest.mark.bpf
 def test_cpu_bound_child_dominates(sampler: Sampler, busy: Busy) -> None:
+    register_as_user_code(sampler, busy.pid)
     _, ran_before = timed_drain(sampler, busy.pid)  # a clean interval with the child already spinning
     time.sleep(2.0)
     r, ran_after = timed_drain(sampler, busy.pid)
     mine = [s for s in r.samples if s.tgid == busy.pid]
-    got = sum(s.count for s in mine)
+    got = count_for(r, busy.pid)
+    assert sum(s.count for s in mine) == got  # a registered process: every sample has a profile entry
+    assert {c.category for c in r.categories if c.tgid == busy.pid} == {"user"}
     ran = ran_after - ran_before
     assert 1.9 < r.interval_seconds < 3.0
     assert ran > 0.15 * r.interval_seconds  # it did run: the comparison below means something
     assert 0.85 * FREQ * ran - 5 <= got <= 1.15 * FREQ * ran + 5, (got, FREQ * ran)
     per_tgid: dict[int, int] = {}
-    for s in r.samples:
-        per_tgid[s.tgid] = per_tgid.get(s.tgid, 0) + s.count
+    for c in r.categories:
+        per_tgid[c.tgid] = per_tgid.get(c.tgid, 0) + c.count
     others = [n for tgid, n in per_tgid.items() if tgid != busy.pid]
     # A spinning process is as busy as anything can be: no one else is far ahead of it
     # (other load on the machine may share the CPUs fairly with it, hence not "first").
@@ -302,7 +329,7 @@ def test_cgroup_id_is_the_childs_cgroup_v2_inode(sampler: Sampler, busy: Busy) -
     inode = os.stat(Path(unified) / rel.lstrip("/")).st_ino
     sampler.drain()
     time.sleep(0.5)
-    ids = {s.cgroup_id for s in sampler.drain().samples if s.tgid == busy.pid}
+    ids = {c.cgroup_id for c in sampler.drain().categories if c.tgid == busy.pid}
     assert ids == {inode}
 
 
@@ -339,7 +366,7 @@ def test_process_exiting_mid_cycle(sampler: Sampler) -> None:
     r = sampler.drain()
     assert count_for(r, child.pid) >= 0.8 * FREQ * ran - 5
     assert count_for(r, child.pid) > 0
-    assert r.samples  # the rest of the interval is intact
+    assert r.categories  # the rest of the interval is intact
     assert sampler.drain().interval_seconds > 0  # and the sampler keeps going
 
 
@@ -361,6 +388,9 @@ def test_tiny_maps_count_what_they_drop(busy: Busy, tmp_path: Path) -> None:
             others.append(Busy())
         cfg = config(tmp_path, count_entries=2, stack_entries=2, per_thread=True)
         with Sampler(cfg) as s:
+            for child in (busy, *others):
+                register_as_user_code(s, child.pid)
+            s.drain()
             time.sleep(1.0)
             r = s.drain()
     finally:
@@ -368,7 +398,8 @@ def test_tiny_maps_count_what_they_drop(busy: Busy, tmp_path: Path) -> None:
             o.stop()
     assert len(r.samples) <= 2
     assert r.lost["counts_full"] > 0
-    assert r.lost["user_stack_eexist"] + r.lost["user_stack_enomem"] > 0
+    assert r.lost["stacks_full"] > 0
+    assert r.lost["categories_full"] == 0  # profile maps overflowing cost no category count
     # Four spinning processes keep every CPU busy, so the timers fire freq × CPUs × seconds
     # times; the samples the full map refused are still accounted for.
     everything = FREQ * len(s.cpus) * r.interval_seconds
@@ -379,6 +410,7 @@ def test_tiny_maps_count_what_they_drop(busy: Busy, tmp_path: Path) -> None:
 def test_per_thread_keys(busy: Busy, tmp_path: Path) -> None:
     bpf_ready()
     with Sampler(config(tmp_path, per_thread=True)) as s:
+        register_as_user_code(s, busy.pid)
         time.sleep(0.5)
         r = s.drain()
     tids = {x.tid for x in r.samples if x.tgid == busy.pid}

@@ -10,7 +10,7 @@ instruction's line (as pprof and perf do).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from agent.analysis.goruntime import CATEGORIES, Category, classify
@@ -22,13 +22,20 @@ UNKNOWN_FRAME = Frame("[unknown]", "", 0)
 _ADDRESS_MASK = (1 << 64) - 1
 
 
+RawStacks = list[tuple[tuple[int, ...], int]]  # (user stack of runtime PCs, count) pairs
+
+
 @dataclass
 class ProcessProfile:
     """Counts of one process (or a merge of several) over one window.
 
-    ``stacks`` are keyed by link-time lookup PCs (leaf first; callers already
-    at ``pc - 1``), and ``locations`` maps each PC to its inline-expanded
-    frames, innermost first — the shape pprof's Location/Line wants.
+    ``categories`` are exact when they come from the kernel (the pipeline) and
+    include ``unknown``; ``shares()`` leave it out. ``stacks`` are keyed by
+    link-time lookup PCs (leaf first; callers already at ``pc - 1``), and
+    ``locations`` maps each PC to its inline-expanded frames, innermost first —
+    the shape pprof's Location/Line wants. Stacks are symbolized only when
+    someone reads them (``resolve()``): a window's profiles cost nothing until
+    asked for. ``pending`` holds the raw stacks until then.
     """
 
     samples: int = 0
@@ -36,6 +43,7 @@ class ProcessProfile:
     stacks: Counter[tuple[int, ...]] = field(default_factory=Counter)
     locations: dict[int, tuple[Frame, ...]] = field(default_factory=dict)
     unsymbolized: int = 0  # PCs outside the Go binary's text (cgo, vdso), weighted by samples
+    pending: list[tuple[GoBinary, int, RawStacks]] = field(default_factory=list)
 
     def add(self, other: ProcessProfile) -> None:
         self.samples += other.samples
@@ -43,10 +51,22 @@ class ProcessProfile:
         self.stacks.update(other.stacks)
         self.locations.update(other.locations)
         self.unsymbolized += other.unsymbolized
+        self.pending.extend(other.pending)
+
+    @property
+    def known_samples(self) -> int:
+        return sum(self.categories[c] for c in CATEGORIES)
 
     def shares(self) -> dict[Category, float]:
-        total = sum(self.categories.values())
+        total = self.known_samples
         return {c: (self.categories[c] / total if total else 0.0) for c in CATEGORIES}
+
+    def resolve(self) -> ProcessProfile:
+        """Symbolize the pending raw stacks into ``stacks`` and ``locations``; returns self."""
+        pending, self.pending = self.pending, []
+        for binary, bias, raw in pending:
+            _symbolize(self, binary, bias, raw)
+        return self
 
     def frames_of(self, stack: tuple[int, ...]) -> list[Frame]:
         out: list[Frame] = []
@@ -56,15 +76,22 @@ class ProcessProfile:
 
     def folded(self) -> Counter[str]:
         """Brendan Gregg's folded format: root;...;leaf -> count."""
+        self.resolve()
         out: Counter[str] = Counter()
         for stack, n in self.stacks.items():
             out[";".join(f.function for f in reversed(self.frames_of(stack)))] += n
         return out
 
 
-def attribute(binary: GoBinary, bias: int, stacks: Iterable[tuple[tuple[int, ...], int]]) -> ProcessProfile:
-    """Aggregate (user stack of runtime PCs, count) pairs of one process."""
-    prof = ProcessProfile()
+def _symbolize(prof: ProcessProfile, binary: GoBinary, bias: int, stacks: RawStacks) -> None:
+    for _ in _walk(prof, binary, bias, stacks):
+        pass
+
+
+def _walk(
+    prof: ProcessProfile, binary: GoBinary, bias: int, stacks: Iterable[tuple[tuple[int, ...], int]]
+) -> Iterator[tuple[list[str], tuple[int, ...], int]]:
+    """Add each stack to prof.stacks/locations; yield its function names (leaf first) too."""
     locations = prof.locations
     for pcs, count in stacks:
         # Frame-pointer walks through code without frame pointers yield any value at all; kept
@@ -84,8 +111,20 @@ def attribute(binary: GoBinary, bias: int, stacks: Iterable[tuple[tuple[int, ...
                 names.extend(f.function for f in frames)
             else:
                 missing += 1
-        prof.samples += count
-        prof.categories[classify(names)] += count
         prof.stacks[key] += count
         prof.unsymbolized += missing * count
+        yield names, key, count
+
+
+def attribute(binary: GoBinary, bias: int, stacks: Iterable[tuple[tuple[int, ...], int]]) -> ProcessProfile:
+    """Aggregate (user stack of runtime PCs, count) pairs of one process, classifying in Python.
+
+    The daemon and `scan` take categories from the kernel instead; this is the
+    reference the in-kernel rules are tested against, and what tools use on
+    stacks from elsewhere.
+    """
+    prof = ProcessProfile()
+    for names, _key, count in _walk(prof, binary, bias, stacks):
+        prof.samples += count
+        prof.categories[classify(names)] += count
     return prof

@@ -47,6 +47,19 @@ class GoProcessReport:
     def runtime_share(self) -> float:
         return runtime_share(self.shares)
 
+    @property
+    def unknown_samples(self) -> int:
+        """Samples whose category could not be decided: counted in cpu_seconds, left out of shares."""
+        return self.profile.categories[Category.UNKNOWN]
+
+    def category_seconds(self) -> dict[Category, float]:
+        """CPU seconds per category, ``unknown`` included: they add up to cpu_seconds."""
+        prof = self.profile
+        if prof.samples:
+            per_sample = self.cpu_seconds / prof.samples
+            return {c: prof.categories[c] * per_sample for c in (*CATEGORIES, Category.UNKNOWN)}
+        return {c: self.cpu_seconds * self.shares.get(c, 0.0) for c in CATEGORIES} | {Category.UNKNOWN: 0.0}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "pid": self.pid,
@@ -66,6 +79,7 @@ class GoProcessReport:
             "samples": self.samples,
             "cpu_seconds": round(self.cpu_seconds, 4),
             "categories": {str(c): round(self.shares.get(c, 0.0), 4) for c in CATEGORIES},
+            "unknown_samples": self.unknown_samples,
             "runtime_share": round(self.runtime_share, 4),
             "throttled_ratio": None if self.throttled_ratio is None else round(self.throttled_ratio, 4),
             "verdict": str(self.verdict),

@@ -12,16 +12,18 @@ rest of the window is skipped and counted, so no input can stall a cycle.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.analysis.attribution import attribute
+from agent.analysis.attribution import ProcessProfile
 from agent.analysis.gomaxprocs import Facts, Gomaxprocs, GomaxprocsSource, containermaxprocs_enabled, infer, read_live
+from agent.analysis.goruntime import Category, CategoryRanges, category_ranges
 from agent.analysis.model import GoProcessReport, OtherSummary, ScanResult
 from agent.analysis.verdict import Evidence, judge
 from agent.errors import (
@@ -33,10 +35,16 @@ from agent.errors import (
     ProcessGoneError,
 )
 from agent.gobinary import sandbox
-from agent.gobinary.symbolizer import BinaryCache, GoBinary
+from agent.gobinary.symbolizer import BinaryCache, BoundedCache, GoBinary
 from agent.host.procfs import ProcessInfo, ProcFS
 from agent.kube.spec import EnvSource
 from agent.sampling.sampler import DrainResult
+
+log = logging.getLogger(__name__)
+
+# Kernel category name -> the category a row reports it under ("unregistered": sampled
+# before the agent told the kernel this process is Go, so its category is unknown).
+_KERNEL_CATEGORY = {c.value: c for c in Category} | {"unregistered": Category.UNKNOWN}
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,24 @@ class KubeSource(Protocol):
     def lookup(self, pod_uid: str, container_id: str | None) -> WorkloadMeta | None: ...
 
 
+class Registrar(Protocol):
+    """Where a Go process's category ranges go: agent.sampling.sampler.Sampler."""
+
+    registered: dict[int, object]
+
+    def register(
+        self,
+        tgid: int,
+        *,
+        text: tuple[int, int],
+        hot: Sequence[tuple[int, int, bool]],
+        runtime: Sequence[tuple[int, int]],
+        token: object = None,
+    ) -> None: ...
+
+    def unregister(self, tgid: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class Deadline:
     """When a run must end (monotonic seconds), or sooner if ``stop`` is set (SIGTERM)."""
@@ -140,6 +166,7 @@ class Pipeline:
         self.parse_budget = parse_budget or sandbox.Budget()
         self.skipped_by_deadline = 0  # processes the last run left out
         self._deadline: Deadline | None = None
+        self._ranges: BoundedCache[str, CategoryRanges | None] = BoundedCache(256)
         self._throttle_start: dict[str, Throttle] = {}
 
     # ---- window bookkeeping -------------------------------------------------------------------
@@ -173,26 +200,38 @@ class Pipeline:
         return self._deadline is not None and self._deadline.stopping()
 
     def run(
-        self, drain: DrainResult, *, frequency_hz: int, duration_s: float, deadline: Deadline | None = None
+        self,
+        drain: DrainResult,
+        *,
+        frequency_hz: int,
+        duration_s: float,
+        registrar: Registrar | None = None,
+        deadline: Deadline | None = None,
     ) -> ScanResult:
+        """Rows for the window; with ``registrar``, also keep the kernel's Go process ranges current."""
         self._deadline = deadline
         self.skipped_by_deadline = 0
         try:
-            return self._run(drain, frequency_hz, duration_s)
+            return self._run(drain, frequency_hz, duration_s, registrar)
         finally:
             self._deadline = None
 
-    def _run(self, drain: DrainResult, frequency_hz: int, duration_s: float) -> ScanResult:
-        by_tgid: dict[int, list[tuple[tuple[int, ...], int]]] = defaultdict(list)
+    def _run(
+        self, drain: DrainResult, frequency_hz: int, duration_s: float, registrar: Registrar | None
+    ) -> ScanResult:
+        counts: dict[int, Counter[Category]] = defaultdict(Counter)
+        for c in drain.categories:
+            counts[c.tgid][_KERNEL_CATEGORY.get(c.category, Category.UNKNOWN)] += c.count
+        stacks_of: dict[int, list[tuple[tuple[int, ...], int]]] = defaultdict(list)
         for s in drain.samples:
-            by_tgid[s.tgid].append((s.user_stack, s.count))
+            stacks_of[s.tgid].append((s.user_stack, s.count))
         go: list[GoProcessReport] = []
         other = OtherSummary()
         other_comms: Counter[str] = Counter()
         exited = 0
         errors: list[str] = []
-        for tgid, stacks in sorted(by_tgid.items()):
-            count = sum(n for _, n in stacks)
+        for tgid, cats in sorted(counts.items()):
+            count = sum(cats.values())
             if self._expired():
                 self.skipped_by_deadline += 1
                 continue
@@ -221,12 +260,20 @@ class Pipeline:
                 other_comms[info.comm] += count
                 continue
             try:
-                go.append(self._report(info, binary, stacks, frequency_hz))
+                bias = binary.load_bias((m.start, m.offset) for m in info.exe_mappings())
+                if registrar is not None:
+                    self._register(registrar, info, binary, bias)
+                profile = ProcessProfile(samples=count, categories=cats)
+                if stacks_of.get(tgid):
+                    profile.pending.append((binary, bias or 0, stacks_of[tgid]))
+                go.append(self._report(info, binary, bias, profile, frequency_hz))
             except DeadlineExceededError:
                 self.skipped_by_deadline += 1
             except NodeAgentError as exc:
                 self.stats.errors["report_failed"] += 1
                 errors.append(f"pid {tgid} ({info.comm}): {exc.describe()}")
+        if registrar is not None:
+            self._prune(registrar, set(counts))
         other.top = other_comms.most_common(10)
         if self.skipped_by_deadline:
             self.stats.errors["cycle_deadline"] += 1
@@ -241,6 +288,78 @@ class Pipeline:
             exited_samples=exited,
             errors=errors,
         )
+
+    # ---- the kernel's view of Go processes -------------------------------------------------------
+    def register_all(self, registrar: Registrar, deadline: Deadline | None = None) -> int:
+        """Register every Go process running now (before a first window), until ``deadline``;
+        returns how many. Those left over are counted "unregistered" until a cycle sees them."""
+        self._deadline = deadline
+        try:
+            return self._register_all(registrar)
+        finally:
+            self._deadline = None
+
+    def _register_all(self, registrar: Registrar) -> int:
+        for pid in self.procfs.list_pids():
+            if self._expired():
+                break
+            try:
+                info = self.procfs.snapshot(pid)
+            except (NodeAgentError, OSError):
+                continue
+            if info is None or pid in registrar.registered:
+                continue
+            try:
+                binary = self._binary(info)
+            except DeadlineExceededError:
+                break
+            if binary is not None:
+                bias = binary.load_bias((m.start, m.offset) for m in info.exe_mappings())
+                self._register(registrar, info, binary, bias)
+        return len(registrar.registered)
+
+    def _register(self, registrar: Registrar, info: ProcessInfo, binary: GoBinary, bias: int | None) -> None:
+        """Hand the kernel this process's ranges, unless it has them for this very program already."""
+        token = (info.start_time, info.exe.file_key if info.exe else None, bias)
+        if registrar.registered.get(info.pid) == token:
+            return
+        ident = binary.identity
+        if ident not in self._ranges:
+            try:
+                self._ranges.put(ident, category_ranges(binary.table.functions()))
+            except BinaryError:
+                self.stats.errors["binary_unreadable"] += 1
+                self._ranges.put(ident, None)
+        ranges = self._ranges.get(ident)
+        if ranges is None or bias is None:
+            return  # its samples stay "unknown": counted, never guessed
+        if ranges.bridged:
+            self.stats.errors["runtime_ranges_bridged"] += 1
+        r = ranges.shifted(bias)
+        try:
+            registrar.register(
+                info.pid,
+                text=r.text,
+                hot=[(lo, hi, c == Category.GC) for lo, hi, c in r.hot],
+                runtime=r.runtime,
+                token=token,
+            )
+        except (NodeAgentError, OSError) as exc:
+            self.stats.errors["register_failed"] += 1
+            registrar.registered.pop(info.pid, None)
+            log.warning("pid %d: could not register its ranges: %s", info.pid, exc)
+
+    def _prune(self, registrar: Registrar, seen: set[int]) -> None:
+        """Forget processes that exited (their pid may come back as another program)."""
+        for pid, token in list(registrar.registered.items()):
+            if pid in seen:
+                continue  # _register just checked it
+            try:
+                start_time = self.procfs.process_key(pid).start_time
+            except (NodeAgentError, OSError):
+                start_time = None
+            if not (isinstance(token, tuple) and token and token[0] == start_time):
+                registrar.unregister(pid)
 
     def _binary(self, info: ProcessInfo) -> GoBinary | None:
         """The process's parsed binary (sandboxed, once per file), or None; DeadlineExceededError passes.
@@ -263,13 +382,6 @@ class Pipeline:
             self.stats.errors[_binary_error_kind(exc)] += 1
             return None
 
-    def _stacks(self, stacks: list[tuple[tuple[int, ...], int]]) -> Iterator[tuple[tuple[int, ...], int]]:
-        """The stacks, until the run's deadline passes."""
-        for item in stacks:
-            if self._expired():
-                raise DeadlineExceededError("cycle deadline passed during attribution")
-            yield item
-
     def _gomaxprocs(self, info: ProcessInfo, binary: GoBinary, bias: int | None, facts: Facts) -> Gomaxprocs:
         found = binary.gomaxprocs_at  # derived in the sandbox from this very file's content
         why = "no address for runtime.gomaxprocs"
@@ -287,12 +399,11 @@ class Pipeline:
         self,
         info: ProcessInfo,
         binary: GoBinary,
-        stacks: list[tuple[tuple[int, ...], int]],
+        bias: int | None,
+        profile: ProcessProfile,
         frequency_hz: int,
     ) -> GoProcessReport:
-        bias = binary.load_bias((m.start, m.offset) for m in info.exe_mappings())
         already_failed = binary.failed is not None
-        profile = attribute(binary, bias or 0, self._stacks(stacks))
         problems = list(info.errors)
         if binary.failed is not None:
             if not already_failed:  # counted once per binary, however many processes run it
@@ -330,7 +441,7 @@ class Pipeline:
                 limit_cores=cg.effective_limit,
                 affinity_cpus=affinity,
                 shares=profile.shares(),
-                samples=profile.samples,
+                samples=profile.known_samples,
                 go_version=version,
                 spec_gomaxprocs=meta.spec_gomaxprocs if meta else None,
                 containermaxprocs_off=off and version is not None and version >= (1, 25, 0),

@@ -19,7 +19,7 @@ events and BPF programs closed) before the process exits.
 
 from __future__ import annotations
 
-import gzip
+import functools
 import logging
 import signal
 import sys
@@ -50,7 +50,7 @@ from agent.export.http import (
 )
 from agent.export.kubemetrics import KubeErrorCounter, KubeWatchCollector
 from agent.export.metrics import AgentMetrics, labels_of
-from agent.export.pprof import ProfilePart, build_profile
+from agent.export.pprof import ProfilePart, build_profile, gzipped
 from agent.gobinary.symbolizer import BinaryCache
 from agent.host.cgroupsource import HostCgroups
 from agent.host.mounts import check_host_mounts
@@ -140,7 +140,9 @@ class Daemon:
             self.registry.register(KubeWatchCollector(kube.status))
             notes = kube.readiness_notes
             ready = all_ready(self.health.ready, lambda: (True, notes()))
-        self.profiles = ProfileStore()
+        self.profiles = LazyProfiles()
+        # Held while the cycle or a profile request uses the parsed binaries (their caches are not thread-safe).
+        self._symbols = threading.Lock()
         self.pipeline = Pipeline(
             ProcFS(cfg.host_root / "proc"),
             HostCgroups(cfg.host_root),
@@ -153,7 +155,7 @@ class Daemon:
             kernel_headers=cfg.kernel_headers,
             cache_dir=cfg.cache_dir,
         )
-        self._sampler_factory = sampler_factory or (lambda: Sampler(sampler_config(scan_cfg)))
+        self._sampler_factory = sampler_factory or (lambda: Sampler(sampler_config(scan_cfg, cfg.interval_s)))
         self._stop = threading.Event()
         self._signal: int | None = None
         self._sampler: Sampler | None = None
@@ -221,6 +223,10 @@ class Daemon:
             return
         try:
             self._sampler = self._sampler_factory()
+            with self._symbols:
+                deadline = Deadline(time.monotonic() + self.cfg.interval_s, self._stop)
+                registered = self.pipeline.register_all(self._sampler, deadline)
+            log.info("%d Go processes registered with the sampler", registered)
             self._sampler.drain()  # the first window starts now
             self.pipeline.begin_window()
             self.metrics.set_bpf(True)
@@ -254,9 +260,14 @@ class Daemon:
         t0 = time.monotonic()
         deadline = Deadline(t0 + self.cfg.interval_s, self._stop)
         try:
-            result = self.pipeline.run(
-                drain, frequency_hz=self.cfg.frequency_hz, duration_s=drain.interval_seconds, deadline=deadline
-            )
+            with self._symbols:
+                result = self.pipeline.run(
+                    drain,
+                    frequency_hz=self.cfg.frequency_hz,
+                    duration_s=drain.interval_seconds,
+                    registrar=self._sampler,
+                    deadline=deadline,
+                )
             self.pipeline.begin_window()
             for kind, n in self.pipeline.stats.errors.items():
                 self.metrics.count_error(kind, n)
@@ -280,10 +291,13 @@ class Daemon:
         self.cycles += 1
         cache = self.pipeline.binaries
         log.debug(
-            "cycle %d: %d Go processes, %.3fs; %d binaries (%.1f MiB of tables), %d cached PCs, %d Python blocks",
+            "cycle %d: %d Go processes, %.3fs; drain %.3fs, work %.3fs; %d binaries (%.1f MiB of tables), "
+            "%d cached PCs, %d Python blocks",
             self.cycles,
             len(result.go),
             time.monotonic() - started,
+            drain.drain_seconds,
+            time.monotonic() - t0 + drain.drain_seconds,
             len(cache),
             cache.weight / 2**20,
             len(cache.frames),
@@ -291,33 +305,72 @@ class Daemon:
         )
 
     def _publish_profiles(self, result: ScanResult) -> None:
-        """The window's profile per container (its processes merged), for /profiles."""
+        """The window's profile per container (its processes merged), for /profiles, built when asked for.
+
+        Publishing only groups rows; symbolizing, encoding and gzipping a
+        container's profile happens on its first request in this window (and
+        that result is kept until the next window replaces it).
+        """
         period = round(1e9 / result.frequency_hz)
+        duration = round(result.duration_s * 1e9)
         groups: dict[ProfileKey, list[GoProcessReport]] = {}
         for row in result.go:
-            groups.setdefault(labels_of(row), []).append(row)
-        published: dict[ProfileKey, bytes] = {}
+            if row.profile.samples:
+                groups.setdefault(labels_of(row), []).append(row)
+        builders: dict[ProfileKey, Callable[[], bytes | None]] = {}
         for key, rows in groups.items():
-            # Processes of one build share addresses and symbols: merged. Other builds get parts of their own.
-            by_build: dict[str, ProfilePart] = {}
-            for row in rows:
-                if not row.profile.samples:
-                    continue
-                build = row.build_id or row.exe
-                if build not in by_build:
-                    by_build[build] = ProfilePart(ProcessProfile(), row.exe, row.build_id)
-                by_build[build].profile.add(row.profile)
-            if not by_build:
-                continue
-            try:
+            builders[key] = functools.partial(self._build_profile, key, rows, period, duration)
+        self.profiles.publish(builders)
+
+    def _build_profile(self, key: ProfileKey, rows: list[GoProcessReport], period: int, duration: int) -> bytes | None:
+        # Processes of one build share addresses and symbols: merged. Other builds get parts of their own.
+        try:
+            with self._symbols:
+                by_build: dict[str, ProfilePart] = {}
+                for row in rows:
+                    build = row.build_id or row.exe
+                    if build not in by_build:
+                        by_build[build] = ProfilePart(ProcessProfile(), row.exe, row.build_id)
+                    by_build[build].profile.add(row.profile)
                 msg = build_profile(
                     sorted(by_build.values(), key=lambda part: -part.profile.samples),
                     period_ns=period,
-                    duration_ns=round(result.duration_s * 1e9),
+                    duration_ns=duration,
                     labels={"namespace": key[0], "pod": key[1], "container": key[2], "node": self.cfg.node_name},
                 )
-                published[key] = gzip.compress(msg.SerializeToString(), mtime=0)
-            except Exception:  # one container's profile, not the cycle: logged and counted
-                log.exception("profile of %s/%s/%s failed", *key)
-                self.metrics.count_error("profile_failed")
-        self.profiles.replace(published)
+            return gzipped(msg)
+        except Exception:  # one container's profile, not the daemon: logged and counted
+            log.exception("profile of %s/%s/%s failed", *key)
+            self.metrics.count_error("profile_failed")
+            return None
+
+
+class LazyProfiles(ProfileStore):
+    """A ProfileStore whose profiles are built on first request, once per window."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lazy_lock = threading.Lock()
+        self._builders: dict[ProfileKey, Callable[[], bytes | None]] = {}
+        self._built: dict[ProfileKey, bytes | None] = {}
+
+    def publish(self, builders: dict[ProfileKey, Callable[[], bytes | None]]) -> None:
+        with self._lazy_lock:
+            self._builders = dict(builders)
+            self._built = {}
+
+    def replace(self, profiles: dict[ProfileKey, bytes]) -> None:
+        self.publish({k: functools.partial(lambda b: b, v) for k, v in profiles.items()})
+
+    def available(self) -> list[ProfileKey]:
+        with self._lazy_lock:
+            return sorted(self._builders)
+
+    def get(self, key: ProfileKey) -> bytes | None:
+        with self._lazy_lock:  # one build per key per window, even under concurrent requests
+            if key not in self._built:
+                builder = self._builders.get(key)
+                if builder is None:
+                    return None
+                self._built[key] = builder()
+            return self._built[key]

@@ -6,6 +6,7 @@ scan) and merged; the pipeline then runs once over the whole window.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from agent.analysis.pipeline import KubeSource, Pipeline
 from agent.host.cgroupsource import HostCgroups
 from agent.host.procfs import ProcFS
 from agent.sampling.kheaders import HeaderSearch
-from agent.sampling.sampler import DrainResult, Sampler, SamplerConfig
+from agent.sampling.sampler import DrainResult, Sampler, SamplerConfig, map_sizes
 
 DRAIN_EVERY_S = 5.0
 
@@ -37,6 +38,7 @@ class ScanConfig:
 
 def merge(drains: list[DrainResult]) -> DrainResult:
     samples = [s for d in drains for s in d.samples]
+    categories = [c for d in drains for c in d.categories]
     lost: dict[str, int] = {}
     for d in drains:
         for reason, n in d.lost.items():
@@ -48,13 +50,18 @@ def merge(drains: list[DrainResult]) -> DrainResult:
         interval_seconds=sum(d.interval_seconds for d in drains),
         drain_seconds=sum(d.drain_seconds for d in drains),
         distinct_stacks=sum(d.distinct_stacks for d in drains),
+        categories=categories,
     )
 
 
-def sampler_config(cfg: ScanConfig) -> SamplerConfig:
+def sampler_config(cfg: ScanConfig, interval_s: float = DRAIN_EVERY_S) -> SamplerConfig:
+    """Map sizes follow the CPU count, the rate and the time between drains (sampler.map_sizes)."""
     root = cfg.host_root
+    count_entries, stack_entries = map_sizes(os.cpu_count() or 1, cfg.frequency_hz, interval_s)
     return SamplerConfig(
         sample_freq=cfg.frequency_hz,
+        count_entries=count_entries,
+        stack_entries=stack_entries,
         headers=HeaderSearch(host_root=root, explicit=cfg.kernel_headers, sysfs=root / "sys", cache_dir=cfg.cache_dir),
         proc=root / "proc",
         sysfs=root / "sys",
@@ -84,6 +91,7 @@ def run_scan(cfg: ScanConfig, *, kube: KubeSource | None = None) -> ScanResult:
     procfs = ProcFS(cfg.host_root / "proc")
     pipeline = Pipeline(procfs, HostCgroups(cfg.host_root), kube=kube)
     with Sampler(sampler_config(cfg)) as sampler:
+        pipeline.register_all(sampler)  # the kernel classifies every Go process from the first sample
         sampler.drain()  # start the window now, after attaching: nothing from the set-up
         start = time.monotonic()
         pipeline.begin_window()

@@ -35,7 +35,8 @@ from agent.analysis.verdict import MISCONFIGURED
 from agent.export.safe import label
 
 Labels = tuple[str, str, str]  # namespace, pod, container
-SERIES_PER_CONTAINER = 9  # 4 categories, 3 gauges, info, misconfigured
+SERIES_PER_CONTAINER = 10  # 4 categories + unknown, 3 gauges, info, misconfigured
+EXPORTED_CATEGORIES = (*CATEGORIES, Category.UNKNOWN)
 CYCLE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 METRIC_NAMES = (
@@ -64,7 +65,7 @@ def labels_of(r: GoProcessReport) -> Labels:
 
 @dataclass
 class _Container:
-    cpu: dict[Category, float] = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0.0))
+    cpu: dict[Category, float] = field(default_factory=lambda: dict.fromkeys(EXPORTED_CATEGORIES, 0.0))
     gomaxprocs: int | None = None
     recommended: int | None = None
     limit: float | None = None
@@ -103,8 +104,8 @@ class AgentMetrics(Collector):
                 c = self._containers.setdefault(key, _Container())
                 busy = 0.0
                 for r in group:
-                    for cat in CATEGORIES:
-                        c.cpu[cat] += r.cpu_seconds * r.shares.get(cat, 0.0)
+                    for cat, seconds in r.category_seconds().items():
+                        c.cpu[cat] += seconds
                     busy += r.cpu_seconds
                 worst = max(group, key=lambda r: r.gomaxprocs or 0)
                 c.gomaxprocs = worst.gomaxprocs
@@ -158,7 +159,7 @@ class AgentMetrics(Collector):
             lk = ["namespace", "pod", "container"]
             cpu = CounterMetricFamily(
                 "node_agent_go_cpu_seconds_total",
-                "CPU time of Go processes by runtime category (sampled)",
+                "CPU time of Go processes by runtime category (sampled); unknown: no readable stack",
                 labels=[*lk, "category"],
             )
             gmp = GaugeMetricFamily("node_agent_go_gomaxprocs", "GOMAXPROCS the Go process runs with", labels=lk)
@@ -175,7 +176,7 @@ class AgentMetrics(Collector):
                 "node_agent_go", "Go runtime facts of the container", labels=[*lk, "go_version", "gomaxprocs_source"]
             )
             for key, c in items:
-                for cat in CATEGORIES:
+                for cat in EXPORTED_CATEGORIES:
                     cpu.add_metric([*key, str(cat)], c.cpu[cat])
                 if c.gomaxprocs is not None:
                     gmp.add_metric(list(key), c.gomaxprocs)

@@ -1,11 +1,14 @@
 """The BPF CPU sampler: load bpf/profile.bpf.c through bcc, attach it, drain it.
 
 The program runs on every online CPU from the software ``cpu-clock`` event
-(an hrtimer: works in VMs without a PMU) and counts samples in the kernel under
-(tgid, tid, cgroup id, user stack, kernel stack). A drain flips the program to
-the other of two map sets, waits for programs still writing the old set, then
-reads and empties it: the cost is one pass over the distinct keys and stacks of
-the interval, and samples taken during the drain land in the other set.
+(an hrtimer: works in VMs without a PMU). It counts every sample EXACTLY under
+(tgid, runtime category, cgroup id), deciding the category in the kernel from
+the PC ranges the agent registered for that process (:meth:`Sampler.register`),
+and, best effort for profiles, under (tgid, tid, cgroup id, user stack). A
+drain flips the program to the other of two map sets, waits for programs still
+writing the old set, then reads and empties it: the cost is one pass over the
+distinct keys and stacks of the interval, and samples taken during the drain
+land in the other set.
 
 bcc is imported lazily so that the rest of the agent (and `diagnose`) works
 where it is missing. Everything bcc-specific stays in this module; callers get
@@ -14,16 +17,19 @@ plain dataclasses.
 
 from __future__ import annotations
 
+import array
 import atexit
 import ctypes as ct
 import errno
 import importlib
 import logging
+import math
 import os
+import struct
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,18 +43,25 @@ from agent.sampling.kheaders import HELP_NO_HEADERS, HeaderSearch, KernelHeaders
 
 log = logging.getLogger(__name__)
 
-# Same order as `enum lost_reason` in bpf/profile.bpf.c.
+# Same order as `enum lost_reason` in bpf/profile.bpf.c. Only categories_full costs
+# category counts; the others cost a sample's stack (profile detail) or say why a
+# sample's category is `unknown`.
 LOST_REASONS: tuple[str, ...] = (
     "user_stack_efault",
-    "user_stack_enomem",
-    "user_stack_eexist",
+    "user_stack_empty",
+    "stacks_full",
     "user_stack_other",
-    "kernel_stack_enomem",
-    "kernel_stack_eexist",
-    "kernel_stack_other",
     "counts_full",
     "counts_other",
+    "categories_full",
 )
+# Same order as `enum category` in bpf/profile.bpf.c.
+KERNEL_CATEGORIES: tuple[str, ...] = ("scheduler", "gc", "runtime_other", "user", "unknown", "unregistered")
+CAT_SCHEDULER, CAT_GC = 0, 1
+# The map keys of bpf/profile.bpf.c (struct cat_key, struct sample_key), native order, no padding.
+_CAT_KEY = struct.Struct("=IIQ")
+_SAMPLE_KEY = struct.Struct("=IIQQiI")
+RANGE_PAD = 1 << 62  # fills unused range slots; above every user address (bpf/profile.bpf.c)
 PROGRAM = "on_cpu_sample"
 Stack = tuple[int, ...]
 PERF_TYPE_SOFTWARE = 1
@@ -72,11 +85,39 @@ def default_source() -> Path:
     return checkout
 
 
+STACK_CHUNK = 2048  # stacks read per batch syscall: ~2 MiB of buffer at full depth
+MAX_HOT = 8  # scheduler + GC function ranges per process (the rules name 7 functions)
+MAX_RT = 64  # runtime-package ranges per process (a power of two: the BPF binary search needs it)
+STACK_ENTRIES_CAP = 65536  # ~70 MiB of kernel memory per set at full depth, allocated only as used
+COUNT_ENTRIES_CAP = 131072
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, n))))
+
+
+def map_sizes(cpus: int, sample_freq: int, interval_s: float) -> tuple[int, int]:
+    """(count_entries, stack_entries) for one set holding one interval's samples.
+
+    One interval produces cpus x freq x interval samples; there can be no more
+    distinct stacks than that. Both maps get the next power of two above it
+    (with 25% headroom, at least 4096), capped: the caps bound kernel memory on
+    a big node, and past them a sample costs its profile stack, never its
+    category count. The stack and count maps are not preallocated.
+    """
+    samples = cpus * sample_freq * max(interval_s, 1.0) * 1.25
+    count = min(COUNT_ENTRIES_CAP, max(4096, _pow2_at_least(round(samples))))
+    stack = min(STACK_ENTRIES_CAP, count)
+    return count, stack
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     sample_freq: int = 97  # Hz per CPU; prime, so it does not beat with periodic work
-    count_entries: int = 32768  # distinct (tgid, tid, cgroup, stacks) keys per interval
-    stack_entries: int = 16384  # distinct stacks per interval (each is 8 x stack_depth bytes, twice)
+    count_entries: int = 32768  # distinct (tgid, tid, cgroup, stack) profile keys per interval
+    stack_entries: int = 16384  # distinct stacks per interval (each 8 x stack_depth bytes, allocated as seen)
+    category_entries: int = 16384  # (tgid, cgroup, category) triples per interval: a few per process
+    proc_entries: int = 8192  # registered Go processes
     stack_depth: int = MAX_STACK_DEPTH
     per_thread: bool = False
     settle_seconds: float = 0.005  # wait after a flip only if the synchronize_rcu barrier fails
@@ -89,8 +130,8 @@ class SamplerConfig:
         problems = []
         if self.sample_freq < 1:
             problems.append(f"sample_freq must be >= 1 Hz (got {self.sample_freq})")
-        if self.count_entries < 1 or self.stack_entries < 1:
-            problems.append("count_entries and stack_entries must be >= 1")
+        if min(self.count_entries, self.stack_entries, self.category_entries, self.proc_entries) < 1:
+            problems.append("count_entries, stack_entries, category_entries and proc_entries must be >= 1")
         if not 1 <= self.stack_depth <= MAX_STACK_DEPTH:
             problems.append(f"stack_depth must be 1..{MAX_STACK_DEPTH} (got {self.stack_depth})")
         if problems:
@@ -103,41 +144,53 @@ class SamplerConfig:
             f"-DSTACK_ENTRIES={self.stack_entries}",
             f"-DSTACK_DEPTH={self.stack_depth}",
             f"-DPER_THREAD={int(self.per_thread)}",
+            f"-DCAT_ENTRIES={self.category_entries}",
+            f"-DPROC_ENTRIES={self.proc_entries}",
+            f"-DMAX_HOT={MAX_HOT}",
+            f"-DMAX_RT={MAX_RT}",
         ]
 
 
 @dataclass(frozen=True)
 class Sample:
-    """``count`` samples of one thread group (or thread) on one pair of stacks in one interval."""
+    """``count`` samples of one registered thread group (or thread) on one user stack: profile data."""
 
     tgid: int
     tid: int  # 0 unless SamplerConfig.per_thread
     cgroup_id: int  # cgroup v2 id (inode number of the cgroup directory in the unified hierarchy)
-    user_stack: tuple[int, ...]  # return addresses, innermost first; () when missing
-    kernel_stack: tuple[int, ...]  # innermost first; () when the CPU was in user mode or missing
+    user_stack: tuple[int, ...]  # PCs, innermost first; () when missing
     count: int
-    user_stack_error: int = 0  # errno from bpf_get_stackid when user_stack is (), e.g. EFAULT for kernel threads
-    kernel_stack_error: int = 0  # EFAULT is normal: sampled in user mode
+    user_stack_error: int = 0  # errno when user_stack is (): EFAULT (unreadable), ENOMEM (stacks map full)
+
+
+@dataclass(frozen=True)
+class CategoryCount:
+    """Exact: ``count`` samples of ``tgid`` in ``cgroup_id`` fell in ``category`` (a KERNEL_CATEGORIES name)."""
+
+    tgid: int
+    cgroup_id: int
+    category: str
+    count: int
 
 
 @dataclass
 class DrainResult:
-    samples: list[Sample]
+    samples: list[Sample]  # best effort (registered processes only): profiles
     lost: dict[str, int]  # every LOST_REASONS name, counted since the previous drain
     idle_samples: int  # samples of the idle task since the previous drain
     interval_seconds: float  # time the drained set was being written
     drain_seconds: float = 0.0  # what this drain cost
     distinct_stacks: int = 0
+    categories: list[CategoryCount] = field(default_factory=list)  # exact: every busy sample once
 
     @property
     def busy_samples(self) -> int:
-        return sum(s.count for s in self.samples)
+        return sum(c.count for c in self.categories)
 
     @property
     def total_samples(self) -> int:
-        """Every sample the timers took, including idle ones and those lost to a full counts map."""
-        dropped = self.lost.get("counts_full", 0) + self.lost.get("counts_other", 0)
-        return self.busy_samples + self.idle_samples + dropped
+        """Every sample the timers took, including idle ones and those lost to a full categories map."""
+        return self.busy_samples + self.idle_samples + self.lost.get("categories_full", 0)
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -470,6 +523,8 @@ class Sampler:
     def _bind_maps_unchecked(self) -> None:
         b = self._bpf
         self._active_set = b.get_table(b"active_set")
+        self._procs = b.get_table(b"procs")
+        self._cats = [b.get_table(b"cats_0"), b.get_table(b"cats_1")]
         self._counts = [b.get_table(b"counts_0"), b.get_table(b"counts_1")]
         self._stacks = [b.get_table(b"stacks_0"), b.get_table(b"stacks_1")]
         self._lost = b.get_table(b"lost")
@@ -478,12 +533,19 @@ class Sampler:
         self._barrier_inner_fd = ct.c_int(b.get_table(b"barrier_inner").map_fd)
         self._active = 0
         self._write_active(0)
-        counts = self._counts[0]
-        cap = counts.max_entries
-        # Allocated once: a drain must not allocate in proportion to the map size.
-        self._batch_keys = (counts.Key * cap)()
-        self._batch_values = (counts.Leaf * cap)()
-        self._stack_leaf = self._stacks[0].Leaf()
+        # Allocated once: a drain must not allocate in proportion to the map sizes.
+        # Counts and categories are small per entry (40 and 24 bytes): whole-map buffers;
+        # stacks (8 x depth bytes each) are drained in chunks.
+        self._buffers = {
+            "cats": self._batch_buffers(self._cats[0], self._cats[0].max_entries),
+            "counts": self._batch_buffers(self._counts[0], self._counts[0].max_entries),
+            "stacks": self._batch_buffers(self._stacks[0], min(STACK_CHUNK, self._stacks[0].max_entries)),
+        }
+        self.registered: dict[int, object] = {}
+
+    @staticmethod
+    def _batch_buffers(table: Any, n: int) -> tuple[Any, Any]:
+        return (table.Key * n)(), (table.Leaf * n)()
 
     def _load(self, bcc: ModuleType) -> int:
         """Load the program into the kernel (the verifier runs here); returns its fd."""
@@ -552,7 +614,7 @@ class Sampler:
         bpf, self._bpf = self._bpf, None
         if bpf is not None:
             # Table objects only borrow the module's map fds; drop them before it closes them.
-            for name in ("_active_set", "_counts", "_stacks", "_lost", "_idle", "_barrier"):
+            for name in ("_active_set", "_procs", "_cats", "_counts", "_stacks", "_lost", "_idle", "_barrier"):
                 self.__dict__.pop(name, None)
             bpf.cleanup()
             atexit.unregister(bpf.cleanup)
@@ -590,15 +652,21 @@ class Sampler:
         self._wait_for_writers()
         interval, self._last_flip = flipped - self._last_flip, flipped
 
-        entries = self._take_counts(self._counts[old])
-        stacks = self._stacks[old]
-        cache: dict[int, Stack | None] = {}
+        categories = [
+            CategoryCount(tgid, cgroup_id, KERNEL_CATEGORIES[cat], count)
+            for (tgid, cat, cgroup_id), count in self._take(self._cats[old], "cats", _CAT_KEY)
+            if cat < len(KERNEL_CATEGORIES)
+        ]
+        counts = self._take(self._counts[old], "counts", _SAMPLE_KEY)
+        stacks = self._take_stacks(self._stacks[old])
         samples = []
-        for tgid, tid, cgroup_id, user_id, kernel_id, count in entries:
-            user, user_err = self._stack(stacks, user_id, cache)
-            kernel, kernel_err = self._stack(stacks, kernel_id, cache)
-            samples.append(Sample(tgid, tid, cgroup_id, user, kernel, count, user_err, kernel_err))
-        self._clear_stacks(stacks, cache)
+        for (tgid, tid, cgroup_id, stack_hash, err, _pad), count in counts:
+            frames = stacks.get(stack_hash) if stack_hash else None
+            if frames is None:
+                # No stack: the kernel's reason, or ENOENT when a stack the key names was not found.
+                samples.append(Sample(tgid, tid, cgroup_id, (), count, -err if err else errno.ENOENT))
+            else:
+                samples.append(Sample(tgid, tid, cgroup_id, frames, count))
         lost, idle = self._read_counters()
         return DrainResult(
             samples=samples,
@@ -606,20 +674,74 @@ class Sampler:
             idle_samples=idle,
             interval_seconds=interval,
             drain_seconds=time.monotonic() - started,
-            distinct_stacks=sum(1 for v in cache.values() if v is not None),
+            distinct_stacks=len(stacks),
+            categories=categories,
         )
 
-    def _take_counts(self, table: Any) -> list[tuple[int, int, int, int, int, int]]:
+    # ----------------------------------------------------------------- registration
+
+    def register(
+        self,
+        tgid: int,
+        *,
+        text: tuple[int, int],
+        hot: Sequence[tuple[int, int, bool]],
+        runtime: Sequence[tuple[int, int]],
+        token: object = None,
+    ) -> None:
+        """Let the program classify ``tgid``'s samples in the kernel from now on.
+
+        Runtime addresses, half-open ranges: ``text`` is the Go text (a frame in it
+        is a Go frame), ``hot`` the scheduler (is_gc False) and GC (is_gc True)
+        functions, ``runtime`` the runtime package's code, sorted and disjoint.
+        ``token`` is remembered in :attr:`registered` (e.g. the process identity).
+        """
+        if self._bpf is None:
+            raise BPFUnavailableError("the sampler is closed", help="create a new Sampler")
+        if len(hot) > MAX_HOT or len(runtime) > MAX_RT:
+            raise NodeAgentError(
+                f"pid {tgid}: {len(hot)} hot / {len(runtime)} runtime ranges exceed {MAX_HOT}/{MAX_RT}"
+            )
+        if any(hi > RANGE_PAD for _, hi in (text, *runtime, *((lo, hi) for lo, hi, _ in hot))):
+            raise NodeAgentError(f"pid {tgid}: a range lies above user space")
+        leaf = self._procs.Leaf()
+        leaf.text_lo, leaf.text_hi = text
+        for i in range(MAX_HOT):
+            lo, hi, is_gc = hot[i] if i < len(hot) else (RANGE_PAD, RANGE_PAD, False)
+            leaf.hot_lo[i], leaf.hot_hi[i], leaf.hot_cat[i] = lo, hi, CAT_GC if is_gc else CAT_SCHEDULER
+        for i in range(MAX_RT):
+            leaf.rt_lo[i], leaf.rt_hi[i] = runtime[i] if i < len(runtime) else (RANGE_PAD, RANGE_PAD)
+        self._procs[self._procs.Key(tgid)] = leaf
+        self.registered[tgid] = token
+
+    def unregister(self, tgid: int) -> None:
+        """Forget ``tgid`` (it exited, or exec'd another program). Idempotent."""
+        self.registered.pop(tgid, None)
+        if self._bpf is not None:
+            self._lib.bpf_delete_elem(self._procs.map_fd, ct.byref(self._procs.Key(tgid)))
+
+    # ----------------------------------------------------------------- map reading
+
+    def _take(self, table: Any, buffers: str, key: struct.Struct) -> list[tuple[tuple[int, ...], int]]:
+        """Read and empty a small map: (key fields, u64 value) pairs, unpacked in C rather than per field."""
+        keys, values = self._buffers[buffers]
         if self.batch_supported:
             try:
-                return self._take_batch(table)
+                n = self._take_batch(table, keys, values)
+                raw_keys = memoryview(keys).cast("B")[: n * key.size]
+                raw_values = memoryview(values).cast("B").cast("Q")[:n].tolist()
+                return list(zip(key.iter_unpack(raw_keys), raw_values, strict=True))
             except _BatchUnsupported:
                 self.batch_supported = False
                 log.info("BPF batch map operations unsupported; draining key by key")
-        return self._take_iter(table)
+        return [(key.unpack(bytes(k)), int(v.value)) for k, v in self._take_iter(table)]
 
-    def _take_batch(self, table: Any) -> list[tuple[int, int, int, int, int, int]]:
-        keys, values = self._batch_keys, self._batch_values
+    def _take_batch(self, table: Any, keys: Any, values: Any, chunk: Any = None) -> int:
+        """lookup_and_delete_batch until the map is empty or the buffers are full; returns entries read.
+
+        With ``chunk`` (a callable taking the count), the buffers are handed over and
+        refilled from the start each time instead, until the map is empty.
+        """
         cap = len(keys)
         key_size, value_size = ct.sizeof(table.Key), ct.sizeof(table.Leaf)
         token_in, token_out = ct.c_uint32(0), ct.c_uint32(0)
@@ -637,52 +759,63 @@ class Sampler:
             )
             err = ct.get_errno()
             total += n.value
-            if res != 0:
-                if err == errno.ENOENT:  # walked past the last bucket: done
-                    break
+            if res != 0 and err != errno.ENOENT:
                 if first and total == 0 and err in {errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP}:
                     raise _BatchUnsupported
                 raise BPFUnavailableError(
-                    f"draining the counts map failed: {os.strerror(err)}",
+                    f"draining a BPF map failed: {os.strerror(err)}",
                     help="this is a bug or a kernel limitation; please report it with the kernel version",
                 )
+            if chunk is not None and total:
+                chunk(total)
+                total = 0
+            if res != 0:  # ENOENT: walked past the last bucket, done
+                break
             token_in.value = token_out.value
             first = False
-        return [
-            (k.tgid, k.tid, k.cgroup_id, k.user_stack_id, k.kernel_stack_id, int(v))
-            for k, v in zip(keys[:total], values[:total], strict=True)
-        ]
+        return total
 
-    def _take_iter(self, table: Any) -> list[tuple[int, int, int, int, int, int]]:
+    def _take_iter(self, table: Any) -> list[tuple[Any, Any]]:
+        """Key by key (kernels without batch operations): (key, value) ctypes objects."""
         out = []
-        value = table.Leaf()
         for k in list(table.keys()):
+            value = table.Leaf()
             if self._lib.bpf_lookup_elem(table.map_fd, ct.byref(k), ct.byref(value)) == 0:
                 self._lib.bpf_delete_elem(table.map_fd, ct.byref(k))
-                out.append((k.tgid, k.tid, k.cgroup_id, k.user_stack_id, k.kernel_stack_id, int(value.value)))
+                out.append((k, value))
         return out
 
-    def _stack(self, table: Any, stack_id: int, cache: dict[int, Stack | None]) -> tuple[Stack, int]:
-        """(frames, 0) or ((), errno) for a key's stack id."""
-        if stack_id < 0:
-            return (), -stack_id
-        if stack_id not in cache:
-            leaf = self._stack_leaf
-            found = self._lib.bpf_lookup_elem(table.map_fd, ct.byref(ct.c_int(stack_id)), ct.byref(leaf)) == 0
-            cache[stack_id] = stack_from_ips(leaf.ip[:]) if found else None
-        frames = cache[stack_id]
-        return ((), errno.ENOENT) if frames is None else (frames, 0)
+    def _take_stacks(self, table: Any) -> dict[int, Stack]:
+        """Read and empty the stacks map: hash -> frames."""
+        out: dict[int, Stack] = {}
+        depth = self.config.stack_depth
+        keys, values = self._buffers["stacks"]
+        raw = memoryview(values).cast("B")  # every stack's frames, back to back
+        row = depth * 8
 
-    def _clear_stacks(self, table: Any, used: Mapping[int, object]) -> None:
-        """Delete the stacks we read, then sweep ids no key referenced (samples lost to a full counts map)."""
-        fd = table.map_fd
-        key = ct.c_int(0)
-        for stack_id in used:
-            key.value = stack_id
-            self._lib.bpf_delete_elem(fd, ct.byref(key))
-        while self._lib.bpf_get_first_key(fd, ct.byref(key), ct.sizeof(key)) == 0:
-            if self._lib.bpf_delete_elem(fd, ct.byref(key)) != 0:
-                break
+        frames = array.array("Q")
+
+        def chunk(n: int) -> None:
+            frames.frombytes(raw[: n * row])  # one copy of the chunk; its zero-padded rows are searched in C
+            ends = frames.index
+            for i, h in enumerate(memoryview(keys).cast("B").cast("Q")[:n].tolist()):
+                s = i * depth
+                try:
+                    e = ends(0, s, s + depth)
+                except ValueError:
+                    e = s + depth
+                out[h] = tuple(frames[s:e])
+            del frames[:]
+
+        if self.batch_supported:
+            try:
+                self._take_batch(table, keys, values, chunk)
+                return out
+            except _BatchUnsupported:
+                self.batch_supported = False
+        for k, v in self._take_iter(table):
+            out[int(k.value)] = stack_from_ips(list(v.ip))
+        return out
 
     def _read_counters(self) -> tuple[dict[str, int], int]:
         """Differences of the cumulative per-CPU counters since the previous drain."""

@@ -1,0 +1,3 @@
+module nodeagent.test/pathgen
+
+go 1.19
