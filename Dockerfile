@@ -36,7 +36,7 @@ RUN python3 -m venv "$VIRTUAL_ENV" \
 ENV PATH="$VIRTUAL_ENV/bin:$PATH"
 
 # Runtime dependencies first (a layer that survives source changes), pinned to versions that
-# satisfy pyproject.toml; tests/test_deploy.py checks that they still do.
+# satisfy pyproject.toml; tests/unit/test_deploy.py checks that they still do.
 RUN pip install --no-cache-dir \
         pyelftools==0.33 \
         prometheus-client==0.26.0 \

@@ -339,8 +339,8 @@ class Binary:
 
 def build_binaries() -> list[Binary]:
     from agent.lab.gotoolchain import find_toolchains
-    from tests.gobuild import build_matrix
-    from tests.workloads import build_demo
+    from tests.support.gobuild import build_matrix
+    from tests.support.workloads import build_demo
 
     toolchains = find_toolchains()
     if not toolchains:

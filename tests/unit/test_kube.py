@@ -33,7 +33,7 @@ from agent.kube import (
     parse_quantity,
     workload_of,
 )
-from tests.fakeapi import FakeKubeAPI, container_id, make_container, make_pod, uid_of
+from tests.support.fakeapi import FakeKubeAPI, container_id, make_container, make_pod, uid_of
 
 FAST = WatchSettings(
     watch_timeout_s=5,

@@ -31,12 +31,12 @@ import kubernetes_validate
 import pytest
 from packaging.requirements import Requirement
 
-from tests.capabilities import need, need_root
+from tests.support.capabilities import need, need_root
 
 # PyYAML ships no type stubs and types-PyYAML is not a test dependency.
 yaml: Any = importlib.import_module("yaml")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 DAEMONSET = DEPLOY / "daemonset.yaml"
 PODMONITOR = DEPLOY / "podmonitor.yaml"

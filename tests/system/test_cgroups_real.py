@@ -34,7 +34,7 @@ from agent.host.cgroups import (
     layout_from_mountinfo,
     parse_proc_cgroup,
 )
-from tests.capabilities import missing, need, need_root
+from tests.support.capabilities import missing, need, need_root
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 BUSY = "import sys\nsys.stdout.write('ready\\n'); sys.stdout.flush()\nwhile True: pass\n"

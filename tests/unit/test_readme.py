@@ -17,7 +17,7 @@ import pytest
 from agent import cli
 from agent.export.metrics import METRIC_NAMES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
 
 

@@ -17,8 +17,8 @@ from agent.analysis.attribution import attribute
 from agent.export.pprof import ProfilePart, build_profile, parse_profile, write_profile
 from agent.gobinary.symbolizer import GoBinary
 from agent.lab.gotoolchain import find_toolchain
-from tests.capabilities import need
-from tests.oracles import go_pprof_top
+from tests.support.capabilities import need
+from tests.support.oracles import go_pprof_top
 
 PROMETHEUS, PROMTOOL = Path("/usr/bin/prometheus"), Path("/usr/bin/promtool")
 PERIOD_NS = 10_309_278  # 97 Hz

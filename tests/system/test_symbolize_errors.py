@@ -16,8 +16,8 @@ from agent.errors import BinaryError
 from agent.gobinary.elf import ElfImage, open_image
 from agent.gobinary.symbolizer import GoBinary
 from agent.lab.gotoolchain import find_toolchain
-from tests import gobuild
-from tests.capabilities import need
+from tests.support import gobuild
+from tests.support.capabilities import need
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_no_permission(tmp_path: Path, go_binary: Path) -> None:
             timeout=60,
             check=False,
             cwd="/",
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         )
     else:
         proc = symbolize("--info", str(f))

@@ -37,11 +37,11 @@ from agent.gobinary.symbolizer import GoBinary
 from agent.host.cgroupsource import HostCgroups
 from agent.host.procfs import ProcessInfo, ProcFS
 from agent.lab.gotoolchain import GoToolchain, find_toolchains
-from tests import gobuild
-from tests.capabilities import need
-from tests.workloads import Cgroup, v1_cgroup
+from tests.support import gobuild
+from tests.support.capabilities import need
+from tests.support.workloads import Cgroup, v1_cgroup
 
-GOPROGS = Path(__file__).resolve().parent / "goprogs"
+GOPROGS = Path(__file__).resolve().parents[1] / "goprogs"
 MAXPROCS = GOPROGS / "maxprocs"  # module go 1.19: the live matrix, and DefaultGODEBUG containermaxprocs=0
 GO125 = MAXPROCS / "go125"  # same program, module go 1.25: container-aware default on
 WITH_AUTOMAXPROCS = MAXPROCS / "withautomaxprocs"  # same program + go.uber.org/automaxprocs (stand-in)

@@ -29,10 +29,10 @@ from agent.commands import demo
 from agent.errors import CgroupError, NodeAgentError
 from agent.lab import cgroupctl, gotoolchain
 from agent.lab.gotoolchain import GoToolchain, find_toolchain, find_toolchains
-from tests.capabilities import missing, need, need_root
-from tests.oracles import go_pprof_top
+from tests.support.capabilities import missing, need, need_root
+from tests.support.oracles import go_pprof_top
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "agent", "demo"]
 DEMO_SECONDS = 10
 DEMO_WARMUP_S = demo.DemoConfig().warmup_s

@@ -18,10 +18,19 @@ import pytest
 
 from agent.analysis.goruntime import Category
 from agent.lab.gotoolchain import find_toolchain
-from tests import perfstacks
-from tests.capabilities import need, need_root
-from tests.oracles import go_pprof_top
-from tests.workloads import V1_CPU, Cgroup, build_demo, load, need_v1_cpu_cgroup, perf_available, service, v1_cgroup
+from tests.support import perfstacks
+from tests.support.capabilities import need, need_root
+from tests.support.oracles import go_pprof_top
+from tests.support.workloads import (
+    V1_CPU,
+    Cgroup,
+    build_demo,
+    load,
+    need_v1_cpu_cgroup,
+    perf_available,
+    service,
+    v1_cgroup,
+)
 
 SCAN = [sys.executable, "-m", "agent", "scan"]
 SCAN_SECONDS = 12

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.capabilities import need, need_root
-from tests.workloads import build_demo, load, service, v1_cgroup
+from tests.support.capabilities import need, need_root
+from tests.support.workloads import build_demo, load, service, v1_cgroup
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "rules" / "node-agent-rules.yaml"
 ALERT = "NodeAgentGoMaxProcsAboveRecommended"
 

@@ -30,7 +30,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from agent.lab.gotoolchain import GoToolchain, find_toolchains
-from tests.gobuild import go_env
+from tests.support.gobuild import go_env
 
 TIMEOUT_S = 300
 

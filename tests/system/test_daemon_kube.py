@@ -20,10 +20,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.lab.cgroupctl import remove_cgroup
-from tests.capabilities import need_root
-from tests.fakeapi import FakeKubeAPI, make_container, make_pod, uid_of
-from tests.test_e2e_prometheus import free_port, get, wait_for
-from tests.workloads import V1_CPU, Cgroup, build_demo, load, need_v1_cpu_cgroup, service
+from tests.support.capabilities import need_root
+from tests.support.fakeapi import FakeKubeAPI, make_container, make_pod, uid_of
+from tests.support.workloads import V1_CPU, Cgroup, build_demo, load, need_v1_cpu_cgroup, service
+from tests.system.test_e2e_prometheus import free_port, get, wait_for
 
 
 def kubeconfig(path: Path, server: str) -> Path:

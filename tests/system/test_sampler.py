@@ -36,7 +36,7 @@ from agent.sampling.sampler import (
     raise_for,
     stack_from_ips,
 )
-from tests.capabilities import need
+from tests.support.capabilities import need
 
 FREQ = 199
 

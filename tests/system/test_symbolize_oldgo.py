@@ -17,11 +17,11 @@ import pytest
 from agent.gobinary.pclntab import PclnVersion
 from agent.gobinary.symbolizer import GoBinary
 from agent.lab.gotoolchain import cache_dir, find_toolchain
-from tests.capabilities import need
-from tests.gobuild import go_env
-from tests.oldgo import EXPECTED, missing_old_go_binaries, old_go_binaries, oldgo_dir
+from tests.support.capabilities import need
+from tests.support.gobuild import go_env
+from tests.support.oldgo import EXPECTED, missing_old_go_binaries, old_go_binaries, oldgo_dir
 
-REF_SRC = Path(__file__).resolve().parents[1] / "benchmarks" / "gosym_ref"
+REF_SRC = Path(__file__).resolve().parents[2] / "benchmarks" / "gosym_ref"
 FORMATS = {"go12": PclnVersion.GO12, "go116": PclnVersion.GO116, "go118": PclnVersion.GO118}
 
 

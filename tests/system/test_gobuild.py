@@ -19,9 +19,9 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from agent.lab.gotoolchain import GoToolchain, find_toolchain
-from tests.capabilities import need
-from tests.gobuild import MODES, SYMTEST, VARIANTS, GoBinary, build_matrix, build_one, source_hash
-from tests.oracles import (
+from tests.support.capabilities import need
+from tests.support.gobuild import MODES, SYMTEST, VARIANTS, GoBinary, build_matrix, build_one, source_hash
+from tests.support.oracles import (
     addr2line_toolchain,
     elide_generic,
     go_addr2line,
@@ -37,7 +37,7 @@ from tests.oracles import (
     text_layout,
 )
 
-GOSYM_REF = Path(__file__).resolve().parent.parent / "benchmarks" / "gosym_ref"
+GOSYM_REF = Path(__file__).resolve().parents[2] / "benchmarks" / "gosym_ref"
 EXPECTED_MINORS = [(1, 19), (1, 21), (1, 23), (1, 25), (1, 27)]
 CHECKSUM_RE = re.compile(r"^symtest checksum ([0-9a-f]{16})$")
 

@@ -44,7 +44,7 @@ from agent.lab.gotoolchain import GoToolchain, build_env, cache_dir, find_toolch
 
 MODES = ("exe", "pie")
 VARIANTS = ("full", "strip", "sw")
-SYMTEST = Path(__file__).resolve().parent / "goprogs" / "symtest"
+SYMTEST = Path(__file__).resolve().parents[1] / "goprogs" / "symtest"
 BUILD_TIMEOUT_S = 600
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from agent.errors import BinaryError, CorruptBinaryError, NotGoError, UnsupportedGoError
 from agent.gobinary.pclntab import Frame, LineTable, PclnVersion, sniff_version
-from tests.pclnwriter import Func, Inline, Row, build, encode_pcvalue
+from tests.support.pclnwriter import Func, Inline, Row, build, encode_pcvalue
 
 ALL = list(PclnVersion)
 

@@ -44,9 +44,9 @@ from agent.host.procfs import (
     parse_status,
     split_deleted,
 )
-from tests.capabilities import need, need_root
+from tests.support.capabilities import need, need_root
 
-FIXTURES = Path(__file__).parent / "fixtures" / "proc"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "proc"
 
 
 # ---- stat ------------------------------------------------------------------------------------
@@ -660,7 +660,7 @@ def test_real_permission_denied_is_per_field() -> None:
     with _child([sys.executable, "-c", PY_WAIT], {"SECRET": "hunter2"}) as proc:
         out = subprocess.run(
             [sys.executable, "-c", script, str(proc.pid)],
-            cwd=Path(__file__).parent.parent,
+            cwd=Path(__file__).parents[2],
             capture_output=True,
             text=True,
             timeout=60,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agent.analysis.goruntime import Category
-from tests.perfstacks import parse_script
+from tests.support.perfstacks import parse_script
 
 # perf right-aligns pids in a 7-wide field: a 4-digit pid's header starts with spaces.
 SCRIPT = (

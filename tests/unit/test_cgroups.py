@@ -42,7 +42,7 @@ from agent.host.cgroups import (
     read_throttling,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "cgroups"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "cgroups"
 EDGE = FIXTURES / "edge"
 
 # The ids in the fixture trees.

@@ -18,8 +18,8 @@ import pytest
 from agent.gobinary.elf import open_image
 from agent.gobinary.symbolizer import GoBinary as ParsedBinary
 from agent.lab.gotoolchain import GoToolchain, find_toolchains
-from tests import gobuild, oracles
-from tests.capabilities import need
+from tests.support import gobuild, oracles
+from tests.support.capabilities import need
 
 EXPECTED_MINORS = [(1, 19), (1, 21), (1, 23), (1, 25), (1, 27)]
 PCS_PER_BINARY = 12000  # ~4 per function: entry, last byte, and interior bytes

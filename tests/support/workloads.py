@@ -19,7 +19,7 @@ from agent.commands import demo
 from agent.commands.demo import Service
 from agent.lab.cgroupctl import remove_cgroup, set_limit
 from agent.lab.gotoolchain import GoToolchain, find_toolchains
-from tests.capabilities import missing, need, need_root
+from tests.support.capabilities import missing, need, need_root
 
 V1_CPU = Path("/sys/fs/cgroup/cpu")
 

@@ -18,7 +18,7 @@ import pytest
 from agent.errors import BinaryError
 from agent.gobinary.elf import open_image
 from agent.gobinary.symbolizer import BinaryCache, GoBinary, binary_weight
-from tests.capabilities import need
+from tests.support.capabilities import need
 
 PROMETHEUS, PROMTOOL = Path("/usr/bin/prometheus"), Path("/usr/bin/promtool")
 
