@@ -100,7 +100,7 @@ class Pipeline:
         self.procfs = procfs
         self.cgroups = cgroups
         self.kube = kube
-        self.binaries = binaries or BinaryCache()
+        self.binaries = binaries if binaries is not None else BinaryCache()  # an empty cache is falsy
         self.host_cpus = host_cpus or os.cpu_count() or 1
         self.stats = PipelineStats()
         self._addr_cache: BoundedCache[str, tuple[int, str] | None] = BoundedCache(256)

@@ -29,15 +29,13 @@ from prometheus_client import CollectorRegistry
 
 from agent.analysis.attribution import ProcessProfile
 from agent.analysis.model import GoProcessReport, ScanResult
-from agent.analysis.pipeline import KubeSource, Pipeline
-from agent.commands.scan import ScanConfig, sampler_config
+from agent.analysis.pipeline import KubeSource
+from agent.commands.wiring import build_pipeline
 from agent.errors import BPFUnavailableError, NodeAgentError
 from agent.export.http import AgentHTTPServer, Health, ProfileKey, ProfileStore
 from agent.export.metrics import AgentMetrics, labels_of
 from agent.export.pprof import ProfilePart, build_profile
 from agent.gobinary.symbolizer import BinaryCache
-from agent.host.cgroupsource import HostCgroups
-from agent.host.procfs import ProcFS
 from agent.sampling.sampler import Sampler
 
 log = logging.getLogger("node_agent")
@@ -72,19 +70,16 @@ class Daemon:
         self.registry.register(self.metrics)
         self.health = Health(stall_after_s=max(300.0, cfg.interval_s * 10))
         self.profiles = ProfileStore()
-        self.pipeline = Pipeline(
-            ProcFS(cfg.host_root / "proc"),
-            HostCgroups(cfg.host_root),
+        wiring = build_pipeline(
+            cfg.frequency_hz,
+            cfg.host_root,
+            kernel_headers=cfg.kernel_headers,
+            cache_dir=cfg.cache_dir,
             kube=kube,
             binaries=BinaryCache(capacity=cfg.binary_cache),
         )
-        scan_cfg = ScanConfig(
-            frequency_hz=cfg.frequency_hz,
-            host_root=cfg.host_root,
-            kernel_headers=cfg.kernel_headers,
-            cache_dir=cfg.cache_dir,
-        )
-        self._sampler_factory = sampler_factory or (lambda: Sampler(sampler_config(scan_cfg)))
+        self.pipeline = wiring.pipeline
+        self._sampler_factory = sampler_factory or (lambda: Sampler(wiring.sampler))
         self._stop = threading.Event()
         self._sampler: Sampler | None = None
         self._next_bpf_try = 0.0

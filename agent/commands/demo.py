@@ -390,15 +390,13 @@ def _profile(
     The sampler compiles and attaches first so that none of that time eats into
     the load; the window opens after the warm-up and closes before the load ends.
     """
-    from agent.analysis.pipeline import Pipeline  # noqa: PLC0415
-    from agent.commands.scan import ScanConfig, collect, sampler_config  # noqa: PLC0415
-    from agent.host.cgroupsource import HostCgroups  # noqa: PLC0415
-    from agent.host.procfs import ProcFS  # noqa: PLC0415
+    from agent.commands.scan import collect  # noqa: PLC0415
+    from agent.commands.wiring import build_pipeline  # noqa: PLC0415
     from agent.sampling.sampler import Sampler  # noqa: PLC0415
 
     pids = {s.pid for s in services}
-    pipeline = Pipeline(ProcFS(Path("/proc")), HostCgroups(Path("/")))
-    scan_cfg = ScanConfig(frequency_hz=cfg.frequency_hz, kernel_headers=cfg.kernel_headers)
+    wiring = build_pipeline(cfg.frequency_hz, kernel_headers=cfg.kernel_headers)
+    pipeline = wiring.pipeline
 
     def check_alive() -> None:
         for s in services:
@@ -412,7 +410,7 @@ def _profile(
         check_alive()
 
     say("attaching the BPF sampler to every CPU")
-    with Sampler(sampler_config(scan_cfg)) as sampler:
+    with Sampler(wiring.sampler) as sampler:
         start_load()
         say(f"warming up for {cfg.warmup_s:g}s, then profiling every CPU for {cfg.duration_s:g}s")
         deadline = time.monotonic() + cfg.warmup_s
@@ -491,8 +489,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = lambda _m: None) -> D
     SIGINT raises KeyboardInterrupt and SIGTERM :class:`Terminated` for the
     whole run, so the cleanup below runs on those paths too.
     """
-    from agent.commands.scan import ScanConfig, sampler_config  # noqa: PLC0415
-    from agent.sampling.sampler import diagnose, raise_for  # noqa: PLC0415
+    from agent.sampling.sampler import SamplerConfig, diagnose, raise_for  # noqa: PLC0415
 
     need_root()
     hierarchy = find_cpu_hierarchy(cfg.cgroup_fs)
@@ -504,7 +501,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = lambda _m: None) -> D
             help="pass a larger value, e.g. 64",
         )
     # Fail fast, before a build: the sampler checks again (and compiles) later.
-    raise_for(diagnose(sampler_config(ScanConfig(frequency_hz=cfg.frequency_hz, kernel_headers=cfg.kernel_headers))))
+    raise_for(diagnose(SamplerConfig.for_host(cfg.frequency_hz, kernel_headers=cfg.kernel_headers)))
     with _signals(_raise_signal):
         say(f"building the demo service with {toolchain.version_string}")
         binary, built = build_demo(toolchain)

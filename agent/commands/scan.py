@@ -16,11 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from agent.analysis.model import ScanResult
-from agent.analysis.pipeline import KubeSource, Pipeline
-from agent.host.cgroupsource import HostCgroups
-from agent.host.procfs import ProcFS
-from agent.sampling.kheaders import HeaderSearch
-from agent.sampling.sampler import DrainResult, Sampler, SamplerConfig
+from agent.analysis.pipeline import KubeSource
+from agent.commands.wiring import build_pipeline
+from agent.sampling.sampler import DrainResult, Sampler
 
 DRAIN_EVERY_S = 5.0
 
@@ -51,16 +49,6 @@ def merge(drains: list[DrainResult]) -> DrainResult:
     )
 
 
-def sampler_config(cfg: ScanConfig) -> SamplerConfig:
-    root = cfg.host_root
-    return SamplerConfig(
-        sample_freq=cfg.frequency_hz,
-        headers=HeaderSearch(host_root=root, explicit=cfg.kernel_headers, sysfs=root / "sys", cache_dir=cfg.cache_dir),
-        proc=root / "proc",
-        sysfs=root / "sys",
-    )
-
-
 def collect(sampler: Sampler, duration_s: float, tick: Callable[[float], None]) -> DrainResult:
     """Drain every few seconds until ``duration_s`` has passed; ``tick`` reports progress."""
     drains = []
@@ -81,9 +69,11 @@ def collect(sampler: Sampler, duration_s: float, tick: Callable[[float], None]) 
 
 
 def run_scan(cfg: ScanConfig, *, kube: KubeSource | None = None) -> ScanResult:
-    procfs = ProcFS(cfg.host_root / "proc")
-    pipeline = Pipeline(procfs, HostCgroups(cfg.host_root), kube=kube)
-    with Sampler(sampler_config(cfg)) as sampler:
+    wiring = build_pipeline(
+        cfg.frequency_hz, cfg.host_root, kernel_headers=cfg.kernel_headers, cache_dir=cfg.cache_dir, kube=kube
+    )
+    pipeline = wiring.pipeline
+    with Sampler(wiring.sampler) as sampler:
         sampler.drain()  # start the window now, after attaching: nothing from the set-up
         start = time.monotonic()
         pipeline.begin_window()

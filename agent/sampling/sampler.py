@@ -95,6 +95,25 @@ class SamplerConfig:
         if problems:
             raise NodeAgentError("invalid sampler settings: " + "; ".join(problems))
 
+    @classmethod
+    def for_host(
+        cls,
+        frequency_hz: int,
+        host_root: Path = Path("/"),
+        kernel_headers: Path | None = None,
+        cache_dir: Path | None = None,
+    ) -> SamplerConfig:
+        """The settings every command uses: /proc, /sys and the kernel headers under ``host_root``
+        (the node's root filesystem when the agent runs in a container)."""
+        return cls(
+            sample_freq=frequency_hz,
+            headers=HeaderSearch(
+                host_root=host_root, explicit=kernel_headers, sysfs=host_root / "sys", cache_dir=cache_dir
+            ),
+            proc=host_root / "proc",
+            sysfs=host_root / "sys",
+        )
+
     def cflags(self) -> list[str]:
         """The -D defines that size the maps in bpf/profile.bpf.c."""
         return [
