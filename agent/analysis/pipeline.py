@@ -46,6 +46,7 @@ class CgroupFacts:
     leaf_limit: float | None = None  # cores, the process's own cgroup (what Go 1.25 reads)
     throttle: Throttle | None = None
     throttle_key: str = ""  # which cgroup the counters belong to
+    limit_error: str = ""  # why the CPU limit could not be read (the limits are then None: unknown, not unlimited)
 
 
 class CgroupSource(Protocol):
@@ -222,7 +223,11 @@ class Pipeline:
         except NodeAgentError as exc:
             self.stats.errors["cgroup_unreadable"] += 1
             problems.append(f"cgroup: {exc.describe()}")
-            cg = CgroupFacts(path="?", name=info.comm)
+            cg = CgroupFacts(path="?", name=info.comm, limit_error=f"cgroup: {exc}")
+        else:
+            if cg.limit_error:
+                self.stats.errors["cgroup_unreadable"] += 1
+                problems.append(cg.limit_error)
         meta = None
         if self.kube is not None and cg.pod_uid:
             meta = self.kube.lookup(cg.pod_uid, cg.container_id)
@@ -253,6 +258,7 @@ class Pipeline:
                 spec_gomaxprocs=meta.spec_gomaxprocs if meta else None,
                 containermaxprocs_off=off and version is not None and version >= (1, 25, 0),
                 unknown_reason=gmp.detail,
+                limit_error=cg.limit_error,
             )
         )
         if meta is not None:

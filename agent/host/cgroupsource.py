@@ -40,6 +40,7 @@ class HostCgroups:
             leaf_limit=limit.leaf if limit is not None else None,
             throttle=_throttle(snap.throttling),
             throttle_key=snap.throttling_path or "",
+            limit_error="" if limit is not None else next((e for e in snap.errors if e.startswith("cpu limit")), ""),
         )
 
     def throttle(self, key: str) -> Throttle | None:
