@@ -141,14 +141,22 @@ def test_not_a_table(data: bytes) -> None:
 
 @pytest.mark.parametrize("version", ALL)
 def test_truncated_tables_fail_cleanly(version: PclnVersion) -> None:
+    """Every cut either raises a BinaryError or answers exactly what the whole table answers."""
     full = build(PROGRAM, version).table
+    pcs = range(0x401000, 0x4010D0, 8)
+    want = {pc: LineTable(full, text_start=0x401000).frames(pc) for pc in pcs}
+    assert all(want.values()) and {f[-1].function for f in want.values()} == {n.name for n in PROGRAM}
+    answered = []
     for cut in range(0, len(full), 7):
         try:
             t = LineTable(full[:cut], text_start=0x401000)
-            for pc in range(0x401000, 0x4010D0, 8):
-                t.frames(pc)
+            got = {pc: t.frames(pc) for pc in pcs}
         except BinaryError:
             continue
+        assert got == want, f"cut at {cut} of {len(full)} bytes answered other frames"
+        answered.append(cut)
+    # only a cut into the table's last bytes (unread padding) may still answer
+    assert all(cut > len(full) - 64 for cut in answered), answered
 
 
 def test_unsorted_function_table() -> None:
