@@ -36,6 +36,8 @@ SHF_WRITE = 0x1
 SHF_EXECINSTR = 0x4
 MAX_PLAUSIBLE = 1 << 16  # Go caps nothing this high in practice; guards against garbage reads
 _GO_INT = re.compile(r"-?[0-9]*")  # Go's runtime atoi: optional '-', ASCII digits, nothing else
+_GO_PARSEINT = re.compile(r"[+-]?[0-9]+")  # strconv.ParseInt(s, 10, _): optional sign, at least one digit
+PARSEINT_SINCE = (1, 26, 0)  # runtime/proc.go schedinit reads GOMAXPROCS with strconv.ParseInt from go1.26
 
 
 @dataclass(frozen=True)
@@ -59,21 +61,6 @@ class Facts:
     effective_limit: float | None  # cores, min over the cgroup and its ancestors
 
 
-def parse_godebug(text: str | None) -> dict[str, str]:
-    """GODEBUG "a=1,b=2" -> {"a": "1", "b": "2"}; later settings win, as in Go."""
-    out: dict[str, str] = {}
-    for item in (text or "").split(","):
-        key, sep, value = item.strip().partition("=")
-        if sep and key:
-            out[key] = value
-    return out
-
-
-def godebug_setting(key: str, env: str | None, default: str) -> str | None:
-    """The effective value: the environment overrides the binary's DefaultGODEBUG."""
-    return parse_godebug(env).get(key, parse_godebug(default).get(key))
-
-
 def go_atoi32(text: str) -> int | None:
     """The runtime's strconv.Atoi32: no spaces, no '+', ASCII digits only, must fit an
     int32 (leading zeros allowed, and a lone "-" is 0, as in Go)."""
@@ -88,9 +75,24 @@ def go_atoi32(text: str) -> int | None:
     return n if -(1 << 31) <= n < (1 << 31) else None
 
 
-def parse_env_gomaxprocs(text: str | None) -> int | None:
-    """Go's rule (schedinit): a positive int32 applies, anything else is ignored."""
-    n = None if text is None else go_atoi32(text)
+def go_parseint32(text: str) -> int | None:
+    """strconv.ParseInt(text, 10, 32): like atoi32, but a leading '+' is allowed and a lone sign is not."""
+    if _GO_PARSEINT.fullmatch(text) is None:
+        return None
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > 10:
+        return None
+    n = -int(digits or "0") if text.startswith("-") else int(digits or "0")
+    return n if -(1 << 31) <= n < (1 << 31) else None
+
+
+def parse_env_gomaxprocs(text: str | None, go_version: tuple[int, int, int] | None) -> int | None:
+    """Go's rule (schedinit): a positive int32 applies, anything else is ignored; parsed as that
+    version parses it (an unknown version: the older, stricter parser)."""
+    if text is None:
+        return None
+    newer = go_version is not None and go_version >= PARSEINT_SINCE
+    n = go_parseint32(text) if newer else go_atoi32(text)
     return n if n is not None and n > 0 else None
 
 
@@ -114,7 +116,7 @@ def go125_default(affinity_cpus: int, leaf_limit: float | None) -> int:
 
 
 def infer(f: Facts) -> Gomaxprocs:
-    env = parse_env_gomaxprocs(f.env_gomaxprocs)
+    env = parse_env_gomaxprocs(f.env_gomaxprocs, f.go_version)
     if env is not None:
         return Gomaxprocs(env, "inferred:env", f"GOMAXPROCS={env} in the environment")
     if f.automaxprocs and f.env_gomaxprocs is None:

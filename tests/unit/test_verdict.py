@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from agent.analysis.gomaxprocs import Facts, Gomaxprocs, go125_default, godebug_setting, infer, parse_env_gomaxprocs
+from agent.analysis.gomaxprocs import (
+    Facts,
+    Gomaxprocs,
+    containermaxprocs_enabled,
+    go125_default,
+    infer,
+    parse_env_gomaxprocs,
+)
 from agent.analysis.goruntime import Category
 from agent.analysis.verdict import Evidence, Verdict, judge, recommended_gomaxprocs
 
@@ -122,12 +129,12 @@ def test_inference(kw: dict[str, object], expected: Gomaxprocs) -> None:
 
 
 def test_helpers() -> None:
-    assert parse_env_gomaxprocs("12") == 12
-    assert parse_env_gomaxprocs(" 12\n") is None  # Go's atoi takes no spaces
-    assert parse_env_gomaxprocs("-1") is None
-    assert godebug_setting("a", "a=2", "a=1,b=3") == "2"
-    assert godebug_setting("b", "a=2", "a=1,b=3") == "3"
-    assert godebug_setting("c", None, "") is None
-    assert godebug_setting("a", "a=1,a=0", "") == "0"  # last wins
+    assert parse_env_gomaxprocs("12", (1, 21, 0)) == 12
+    assert parse_env_gomaxprocs(" 12\n", (1, 21, 0)) is None  # Go's atoi takes no spaces
+    assert parse_env_gomaxprocs("-1", (1, 21, 0)) is None
+    assert containermaxprocs_enabled("containermaxprocs=0", "containermaxprocs=1") is False  # $GODEBUG wins
+    assert containermaxprocs_enabled(None, "containermaxprocs=0") is False
+    assert containermaxprocs_enabled("containermaxprocs=0,containermaxprocs=1", "") is True  # last wins
+    assert containermaxprocs_enabled("containermaxprocs=0,containermaxprocs=x", "") is False  # rejected: no change
     assert go125_default(8, 0.5) == 2
     assert go125_default(1, 0.5) == 1
