@@ -22,37 +22,14 @@ from agent.analysis.verdict import Evidence, judge
 from agent.errors import BinaryError, NodeAgentError, NotGoError, ProcessGoneError
 from agent.gobinary.elf import open_image
 from agent.gobinary.symbolizer import BinaryCache, BoundedCache, GoBinary
+from agent.host.cgroupparse import Throttling
+from agent.host.cgroupsource import CgroupFacts
 from agent.host.procfs import ProcessInfo, ProcFS
 from agent.sampling.sampler import DrainResult
 
 
-@dataclass(frozen=True)
-class Throttle:
-    nr_periods: int
-    nr_throttled: int
-    throttled_seconds: float
-
-
-@dataclass(frozen=True)
-class CgroupFacts:
-    """What the pipeline needs to know about one process's cgroup."""
-
-    path: str
-    name: str  # readable: "namespace/pod/container"-free name from the path
-    pod_uid: str | None = None
-    container_id: str | None = None
-    qos: str | None = None
-    effective_limit: float | None = None  # cores, min over the cgroup and its ancestors
-    leaf_limit: float | None = None  # cores, the process's own cgroup (what Go 1.25 reads)
-    throttle: Throttle | None = None
-    throttle_key: str = ""  # which cgroup the counters belong to
-    limit_error: str = ""  # why the CPU limit could not be read (the limits are then None: unknown, not unlimited)
-
-
 class CgroupSource(Protocol):
     def facts(self, proc_cgroup_text: str) -> CgroupFacts: ...
-
-    def throttle(self, key: str) -> Throttle | None: ...
 
 
 class WorkloadMeta(Protocol):
@@ -105,12 +82,12 @@ class Pipeline:
         self.host_cpus = host_cpus or os.cpu_count() or 1
         self.stats = PipelineStats()
         self._addr_cache: BoundedCache[str, tuple[int, str] | None] = BoundedCache(256)
-        self._throttle_start: dict[str, Throttle] = {}
+        self._throttle_start: dict[str, Throttling] = {}
 
     # ---- window bookkeeping -------------------------------------------------------------------
     def begin_window(self, pids: Iterable[int] | None = None) -> None:
         """Remember every cgroup's throttling counters, to report the window's share."""
-        start: dict[str, Throttle] = {}
+        start: dict[str, Throttling] = {}
         for pid in self.procfs.list_pids() if pids is None else pids:
             try:
                 facts = self.cgroups.facts(self.procfs.read_cgroup(pid))
@@ -124,7 +101,7 @@ class Pipeline:
         end = facts.throttle
         if end is None:
             return None
-        begin = self._throttle_start.get(facts.throttle_key, Throttle(0, 0, 0.0))
+        begin = self._throttle_start.get(facts.throttle_key, Throttling(0, 0, 0.0))
         periods = end.nr_periods - begin.nr_periods
         if periods <= 0:
             return 0.0 if facts.effective_limit is not None else None

@@ -1,4 +1,5 @@
-"""The pipeline's view of cgroups on a live host: agent.host.cgroups mapped onto CgroupFacts.
+"""The pipeline's view of cgroups on a live host: agent.host.cgroups mapped onto CgroupFacts (defined here, below
+the analysis that reads them).
 
 Identity (pod UID, container ID, QoS, readable name) comes from the cgroup
 path; the effective CPU limit is the minimum over the cgroup and its
@@ -8,16 +9,26 @@ reads); throttling counters are those of the level whose quota is effective.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from agent.analysis.pipeline import CgroupFacts, Throttle
-from agent.host.cgroups import CgroupFS, Throttling, read_throttling
+from agent.host.cgroups import CgroupFS, Throttling
 
 
-def _throttle(t: Throttling | None) -> Throttle | None:
-    if t is None:
-        return None
-    return Throttle(t.nr_periods, t.nr_throttled, t.throttled_seconds)
+@dataclass(frozen=True)
+class CgroupFacts:
+    """What the pipeline needs to know about one process's cgroup."""
+
+    path: str
+    name: str  # readable: "namespace/pod/container"-free name from the path
+    pod_uid: str | None = None
+    container_id: str | None = None
+    qos: str | None = None
+    effective_limit: float | None = None  # cores, min over the cgroup and its ancestors
+    leaf_limit: float | None = None  # cores, the process's own cgroup (what Go 1.25 reads)
+    throttle: Throttling | None = None
+    throttle_key: str = ""  # which cgroup the counters belong to
+    limit_error: str = ""  # why the CPU limit could not be read (the limits are then None: unknown, not unlimited)
 
 
 class HostCgroups:
@@ -38,12 +49,7 @@ class HostCgroups:
             qos=ident.qos,
             effective_limit=limit.cores if limit is not None else None,
             leaf_limit=limit.leaf if limit is not None else None,
-            throttle=_throttle(snap.throttling),
+            throttle=snap.throttling,
             throttle_key=snap.throttling_path or "",
             limit_error="" if limit is not None else next((e for e in snap.errors if e.startswith("cpu limit")), ""),
         )
-
-    def throttle(self, key: str) -> Throttle | None:
-        if self.fs.cpu is None or not key:
-            return None
-        return _throttle(read_throttling(self.fs.cpu, key))
