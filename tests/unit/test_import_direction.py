@@ -55,7 +55,7 @@ def modules() -> list[Path]:
 
 def edges() -> list[tuple[str, str, str]]:
     """(importing module's path, its package, imported package)."""
-    out = []
+    out: list[tuple[str, str, str]] = []
     for path in modules():
         rel = path.relative_to(AGENT)
         src = rel.parts[0].removesuffix(".py")
