@@ -359,12 +359,6 @@ class SoakCgroups:
 # ---- the workload fleet ------------------------------------------------------------------------
 
 
-# A workload starts as `sh` in the harness's own (unthrottled) cgroup, is moved into its cgroup,
-# then released to exec the Go binary: the Go runtime starts inside the cgroup (its GOMAXPROCS
-# default may read the quota), and the harness never waits on a child that runs throttled.
-LAUNCHER = 'read -r _ && exec "$0" "$@"'
-
-
 def try_rmdir(path: Path) -> bool:
     """One non-blocking attempt; a cgroup whose last task is still exiting is retried next tick."""
     try:
@@ -468,10 +462,12 @@ class Fleet:
         if w.gomaxprocs is not None:
             env["GOMAXPROCS"] = str(w.gomaxprocs)
         t = time.monotonic()
+        # Joins its cgroup before exec (the Go runtime starts inside it, its GOMAXPROCS default may read
+        # the quota); the harness never waits on a child that runs throttled. Exit 125: could not join.
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", LAUNCHER, *argv],
+            cgroupctl.in_cgroup(argv, w.cgroup),
             env=env,
-            stdin=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             process_group=0,
@@ -479,12 +475,6 @@ class Fleet:
         )
         w.procs.append(proc)
         self.pids.add(proc.pid)
-        assert proc.stdin is not None
-        try:
-            (w.cgroup / "cgroup.procs").write_text(str(proc.pid))
-            proc.stdin.write(b"go\n")
-        finally:
-            proc.stdin.close()  # without the line, sh's read fails and it exits: never runs outside its cgroup
         self.spawn_s.append(time.monotonic() - t)
 
     def _start(self, exclude: Binary | None) -> None:

@@ -40,7 +40,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from agent.analysis.verdict import Verdict, recommended_gomaxprocs
 from agent.errors import NodeAgentError
-from agent.lab.cgroupctl import HELP_CGROUP, CgroupTree, find_cpu_hierarchy, remove_stale
+from agent.lab.cgroupctl import HELP_CGROUP, JOIN_FAILED, CgroupTree, find_cpu_hierarchy, in_cgroup, remove_stale
 from agent.lab.gotoolchain import HELP_GO, GoToolchain, build_program, cache_dir, find_toolchains, source_hash
 
 if TYPE_CHECKING:
@@ -57,8 +57,6 @@ MISCONFIGURED, FIXED, LOAD = "misconfigured", "fixed", "load"
 _GO_RUNTIME_ENV = ("GOMAXPROCS", "GODEBUG", "GOGC", "GOMEMLIMIT", "GOTRACEBACK")
 # A child joins its cgroup before the Go runtime starts (which sizes itself at start-up):
 # the shell moves itself, then execs the program in place (same pid).
-_JOIN_CGROUP = 'echo $$ > "$1/cgroup.procs" || exit 125; shift; exec "$@"'
-_JOIN_FAILED = 125
 HELP_ROOT = "run it as root (sudo node-agent demo): it creates cgroups and loads a BPF program"
 
 
@@ -116,7 +114,7 @@ class Children:
         err = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child; kill_all closes it
         try:
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", _JOIN_CGROUP, "sh", str(cgroup), *argv],
+                in_cgroup(argv, cgroup),
                 env=env,
                 pass_fds=pass_fds,
                 stdin=subprocess.DEVNULL,
@@ -139,7 +137,7 @@ class Children:
         if err is not None:
             err.seek(0)
             tail = " | ".join(err.read().decode(errors="replace").strip().splitlines()[-4:])
-        if code == _JOIN_FAILED:
+        if code == JOIN_FAILED:
             return DemoError(f"{what} could not join its cgroup: {tail}", help=HELP_CGROUP)
         status = "is still running" if code is None else f"exited with status {code}"
         return DemoError(f"{what} {status}" + (f": {tail}" if tail else ""), help="see the message above")

@@ -80,6 +80,25 @@ def make_cgroup(path: Path) -> Path:
     return path
 
 
+def add_process(cgroup: Path, pid: int) -> None:
+    """Move ``pid`` (all its threads) into ``cgroup``."""
+    write_file(cgroup / "cgroup.procs", str(pid))
+
+
+# The child joins its cgroup itself, then execs: the program starts inside it (a Go runtime reads its
+# quota at start), without a preexec_fn (unsafe in a process with threads) or a race with the parent.
+_JOIN = 'echo $$ > "$1/cgroup.procs" || exit 125; shift; exec "$@"'
+JOIN_FAILED = 125  # the exit status of a child that could not join its cgroup
+
+
+def in_cgroup(argv: list[str], cgroup: Path | None) -> list[str]:
+    """The command line that runs ``argv`` inside ``cgroup`` (unchanged for None): the one way the
+    demo, the tests and the benchmarks start a process in a cgroup."""
+    if cgroup is None:
+        return list(argv)
+    return ["/bin/sh", "-c", _JOIN, "sh", str(cgroup), *argv]
+
+
 def cgroup_pids(cgroup: Path) -> list[int]:
     try:
         return [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agent.commands import demo
 from agent.commands.demo import Service
-from agent.lab.cgroupctl import remove_cgroup, set_limit
+from agent.lab.cgroupctl import add_process, in_cgroup, remove_cgroup, set_limit
 from agent.lab.gotoolchain import GoToolchain, find_toolchains
 from tests.support.capabilities import missing, need, need_root
 
@@ -50,7 +50,7 @@ class Cgroup:
         set_limit(self.path, 1, cores, period_us)
 
     def add(self, pid: int) -> None:
-        (self.path / "cgroup.procs").write_text(str(pid))
+        add_process(self.path, pid)
 
 
 @contextlib.contextmanager
@@ -69,11 +69,6 @@ def v1_cgroup(name: str, cores: float | None) -> Iterator[Cgroup]:
         remove_cgroup(path)
 
 
-def _enter_cgroup(cg: Cgroup | None) -> None:
-    if cg is not None:
-        cg.add(os.getpid())
-
-
 @contextlib.contextmanager
 def service(binary: Path, cg: Cgroup | None, env: dict[str, str]) -> Iterator[Service]:
     """Start `demo serve` inside ``cg``; ready once it wrote its address to the pipe."""
@@ -81,10 +76,9 @@ def service(binary: Path, cg: Cgroup | None, env: dict[str, str]) -> Iterator[Se
     full_env = {k: v for k, v in os.environ.items() if k not in ("GOMAXPROCS", "GODEBUG")}
     full_env.update(env)
     proc = subprocess.Popen(
-        [str(binary), "serve", "-addr", "127.0.0.1:0", "-ready-fd", str(w)],
+        in_cgroup([str(binary), "serve", "-addr", "127.0.0.1:0", "-ready-fd", str(w)], cg.path if cg else None),
         pass_fds=(w,),
         env=full_env,
-        preexec_fn=lambda: _enter_cgroup(cg),  # noqa: PLW1509 - must join before the runtime starts
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

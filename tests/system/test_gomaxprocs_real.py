@@ -36,6 +36,7 @@ from agent.errors import NodeAgentError, ProcessGoneError
 from agent.gobinary.symbolizer import GoBinary
 from agent.host.cgroupsource import HostCgroups
 from agent.host.procfs import ProcessInfo, ProcFS
+from agent.lab.cgroupctl import in_cgroup
 from agent.lab.gotoolchain import GoToolchain, find_toolchains
 from tests.support import gobuild
 from tests.support.capabilities import need
@@ -155,16 +156,14 @@ def run_go(
     def before_exec() -> None:
         if cpus is not None:
             os.sched_setaffinity(0, cpus)
-        if cgroup is not None:
-            cgroup.add(os.getpid())
 
     proc = subprocess.Popen(
-        [str(binary)],
+        in_cgroup([str(binary)], cgroup.path if cgroup is not None else None),
         env=full_env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        preexec_fn=before_exec,  # noqa: PLW1509 - affinity and cgroup must be set before the Go runtime starts
+        preexec_fn=before_exec,  # noqa: PLW1509 - the affinity must be set before the Go runtime starts
     )
     try:
         gp = GoProc(proc)
