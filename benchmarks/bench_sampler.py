@@ -58,11 +58,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
 from agent.errors import NodeAgentError
 from agent.lab.gotoolchain import GoToolchain, build_program, cache_dir, find_toolchain, source_hash
+from agent.shutdown import Terminated, raising_signals
 from benchmarks.common import (
     REPO,
     AgentCounters,
@@ -729,20 +729,6 @@ def order(rnd: int) -> tuple[str, ...]:
     return CONFIGS[k:] + CONFIGS[:k]
 
 
-@contextlib.contextmanager
-def terminate_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit so the finally blocks stop our children."""
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=30.0, help="measured seconds per window (default 30)")
@@ -797,7 +783,7 @@ def main(argv: list[str] | None = None) -> int:
     windows: list[Window] = []
     crashes: list[dict[str, Any]] = []
     try:
-        with terminate_as_exit(), bpf_stats_enabled(), tempfile.TemporaryDirectory(prefix="bench_sampler.") as tmp:
+        with raising_signals(), bpf_stats_enabled(), tempfile.TemporaryDirectory(prefix="bench_sampler.") as tmp:
             workload = build_workload(tc)
             workdir = Path(tmp)
             for rnd in range(args.rounds):
@@ -840,6 +826,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench_sampler: {exc}", file=sys.stderr)
         return 1
+    except Terminated as exc:
+        print(f"bench_sampler: {exc}; its children were stopped", file=sys.stderr)
+        return exc.exit_code
     summary = summarize(windows, args)
     if args.json:
         print(json.dumps({"meta": meta, "summary": summary, "windows": [asdict(w) for w in windows]}, indent=2))

@@ -42,13 +42,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 
 from agent.errors import NodeAgentError
 from agent.lab import cgroupctl
+from agent.shutdown import Terminated, raising_signals
 from benchmarks.common import (
     CLK_TCK,
     REPO,
@@ -935,22 +935,6 @@ def run_soak(opts: Options, command: str) -> SoakResult:
     )
 
 
-@contextlib.contextmanager
-def _terminate_raises() -> Iterator[None]:
-    """SIGTERM/SIGHUP unwind like Ctrl-C, so every finally: cleans up."""
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    wanted = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
-    old = {s: signal.signal(s, handler) for s in wanted}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def _positive(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -1003,14 +987,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     command = " ".join([".venv/bin/python", "benchmarks/bench_soak.py", *(sys.argv[1:] if argv is None else argv)])
     try:
-        with _terminate_raises():
+        with raising_signals():
             result = run_soak(opts, command)
     except SoakError as exc:
         print(f"bench_soak: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         print("bench_soak: interrupted; everything it started was removed", file=sys.stderr)
-        return 130
+        return exc.exit_code if isinstance(exc, Terminated) else 130
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(asdict(result), indent=2) + "\n")
     if args.json:

@@ -26,22 +26,20 @@ import json
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
 from agent.analysis.verdict import Verdict, recommended_gomaxprocs
 from agent.errors import NodeAgentError
 from agent.lab.cgroupctl import HELP_CGROUP, JOIN_FAILED, CgroupTree, find_cpu_hierarchy, in_cgroup, remove_stale
 from agent.lab.gotoolchain import HELP_GO, GoToolchain, build_program, cache_dir, find_toolchains, source_hash
+from agent.shutdown import ignoring_signals, raising_signals
 
 if TYPE_CHECKING:
     from agent.analysis.model import GoProcessReport, ScanResult
@@ -62,12 +60,6 @@ HELP_ROOT = "run it as root (sudo node-agent demo): it creates cgroups and loads
 
 class DemoError(NodeAgentError):
     """The demo cannot run here, or one of its programs failed; ``help`` says what to do."""
-
-
-class Terminated(NodeAgentError):
-    """SIGTERM arrived: raised so every ``finally`` runs and the cgroups and children go away."""
-
-    exit_code = 128 + signal.SIGTERM
 
 
 # --------------------------------------------------------------------------- the Go service
@@ -355,26 +347,6 @@ def fixed_gomaxprocs() -> int:
     return rec
 
 
-def _raise_signal(signum: int, _frame: FrameType | None) -> None:
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Terminated(f"stopped by {signal.Signals(signum).name}", help="the demo cleaned up its cgroups and processes")
-
-
-@contextlib.contextmanager
-def _signals(handler: Callable[[int, FrameType | None], Any] | int) -> Iterator[None]:
-    """SIGINT and SIGTERM go to ``handler`` inside the block (main thread only: Python's rule)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
-
-
 def _profile(
     cfg: DemoConfig,
     services: list[Service],
@@ -484,7 +456,7 @@ def _finish_load(loads: list[subprocess.Popen[bytes]], children: Children, timeo
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = lambda _m: None) -> DemoResult:
     """Build, run, load and profile both copies; everything started here is gone when it returns.
 
-    SIGINT raises KeyboardInterrupt and SIGTERM :class:`Terminated` for the
+    SIGINT raises KeyboardInterrupt and SIGTERM :class:`agent.shutdown.Terminated` for the
     whole run, so the cleanup below runs on those paths too.
     """
     from agent.sampling.sampler import SamplerConfig, diagnose, raise_for  # noqa: PLC0415
@@ -500,7 +472,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = lambda _m: None) -> D
         )
     # Fail fast, before a build: the sampler checks again (and compiles) later.
     raise_for(diagnose(SamplerConfig.for_host(cfg.frequency_hz, kernel_headers=cfg.kernel_headers)))
-    with _signals(_raise_signal):
+    with raising_signals():
         say(f"building the demo service with {toolchain.version_string}")
         binary, built = build_demo(toolchain)
         say(f"{'built' if built else 'using the cached'} {binary}")
@@ -510,7 +482,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = lambda _m: None) -> D
         try:
             services, scan, stats = _run(cfg, binary, tree, children, fixed, say)
         finally:
-            with _signals(signal.SIG_IGN):  # a second Ctrl-C must not stop the cleanup half-way
+            with ignoring_signals():  # a second Ctrl-C must not stop the cleanup half-way
                 children.kill_all()
                 problem = tree.remove()
             if problem:
