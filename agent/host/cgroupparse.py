@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import CgroupError
-from agent.host import cpulist
 
 DEFAULT_PERIOD_US = 100_000  # what the kernel uses when cpu.max holds only a quota
 
@@ -74,72 +73,6 @@ class Layout:
                 return h
         u = self.unified
         return u if u is not None and controller in u.controllers else None
-
-
-@dataclass(frozen=True)
-class CgroupMount:
-    """A cgroup or cgroup2 line of /proc/PID/mountinfo."""
-
-    mount_point: str
-    root: str  # the subtree of the hierarchy this mount shows ("/" for a full mount)
-    version: int
-    controllers: frozenset[str]  # v1 only; from the super options
-
-
-def _unescape_mount(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def parse_mountinfo(text: str) -> list[CgroupMount]:
-    """The cgroup mounts of a mountinfo text (other file systems are skipped)."""
-    mounts: list[CgroupMount] = []
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        fields, tail = left.split(), right.split()
-        if len(fields) < 6 or len(tail) < 3 or tail[0] not in {"cgroup", "cgroup2"}:
-            continue
-        version = 2 if tail[0] == "cgroup2" else 1
-        controllers: frozenset[str] = frozenset()
-        if version == 1:
-            opts = tail[2].split(",")
-            controllers = frozenset(o for o in opts if o in V1_CONTROLLERS or o.startswith("name="))
-        mounts.append(CgroupMount(_unescape_mount(fields[4]), _unescape_mount(fields[3]), version, controllers))
-    return mounts
-
-
-def layout_from_mounts(
-    mounts: Iterable[CgroupMount],
-    *,
-    cgroup_root: str = "/sys/fs/cgroup",
-    prefix: Path = Path("/"),
-    unified_controllers: frozenset[str] = frozenset(),
-) -> Layout:
-    """The layout mountinfo describes under ``cgroup_root``, re-rooted under ``prefix``.
-
-    ``prefix`` is the host root when the mountinfo is the host's (``/host/proc/1/mountinfo``
-    names ``/sys/fs/cgroup/cpu`` which the agent reads as ``/host/sys/fs/cgroup/cpu``).
-    mountinfo does not list v2 controllers; pass the root's cgroup.controllers.
-    """
-    root = cgroup_root.rstrip("/") or "/"
-    hierarchies: list[Hierarchy] = []
-    seen: set[str] = set()
-    for m in mounts:
-        mp = m.mount_point.rstrip("/") or "/"
-        if mp in seen or not at_or_below(mp, root):
-            continue
-        seen.add(mp)
-        controllers = unified_controllers if m.version == 2 else m.controllers
-        hierarchies.append(Hierarchy(m.version, prefix / mp.lstrip("/"), controllers))
-    at_root = prefix / root.lstrip("/")
-    return build_layout(hierarchies, root_is_unified=any(h.version == 2 and h.mount == at_root for h in hierarchies))
-
-
-def at_or_below(mount_point: str, root: str) -> bool:
-    """True for ``root`` itself and its direct children (where hierarchies are mounted)."""
-    mp, root = mount_point.rstrip("/") or "/", root.rstrip("/") or "/"
-    return mp == root or (mp.rpartition("/")[0] or "/") == root
 
 
 def build_layout(hierarchies: Sequence[Hierarchy], *, root_is_unified: bool) -> Layout:
@@ -436,14 +369,3 @@ def parse_cpu_stat(text: str, version: int) -> Throttling | None:
         return Throttling(values["nr_periods"], values["nr_throttled"], values[time_key] * scale)
     except KeyError as exc:
         raise CgroupError(f"cpu.stat: has nr_periods but no {exc.args[0]}") from None
-
-
-def count_cpus(text: str) -> int:
-    """Kernel CPU list syntax "0-3,8,10-11" -> 7. Empty lists are an error (no CPU to run on)."""
-    try:
-        cpus = cpulist.parse_cpu_list(text)
-    except ValueError as exc:
-        raise CgroupError(str(exc)) from None
-    if not cpus:
-        raise CgroupError("bad CPU list '' (no CPU to run on)")
-    return len(cpus)

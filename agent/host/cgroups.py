@@ -1,4 +1,4 @@
-"""Which container a process is in, its effective CPU limit, throttling and cgroup id.
+"""Which container a process is in, its effective CPU limit and its throttling, read from the host's cgroup fs.
 
 Every path is built from a cgroup root given by the caller (``/host/sys/fs/cgroup``
 under ``--host-root /host``); parsing lives in :mod:`agent.host.cgroupparse`, whose
@@ -11,35 +11,25 @@ Public API::
         .layout                                            Layout (mode V1 / V2 / HYBRID)
         .snapshot(proc_cgroup_text) -> CgroupSnapshot      everything, per-field errors as values
         .parse(proc_cgroup_text) -> ProcCgroup             paths made host-absolute (cgroup namespaces)
-        .identity(proc) / .cpu_limit(proc) / .cpuset_cpus(proc) / .throttling(proc) / .cgroup_id(proc)
-        .cpu / .cpuset / .unified                          the Hierarchy holding each (or None)
+        .identity(proc) / .cpu_limit(proc) / .throttling(proc)
+        .cpu / .unified                                    the Hierarchy holding each (or None)
     detect_layout(cgroup_root) -> Layout                   from the directory tree
-    layout_from_mountinfo(text, *, host_root, cgroup_root) -> Layout
     read_cpu_limit(h, path) -> CpuLimit                    min over the cgroup and its ancestors
-    read_cpuset_cpus(h, path) -> int                       effective cpuset size
     read_throttling(h, path) -> Throttling | None          cpu.stat counters, in seconds
-    cgroup_id(unified, path) -> int                        inode = bpf_get_current_cgroup_id()
-    CgroupIdResolver(unified).resolve(id) -> str | None    bounded lazy id -> path
-    parse_proc_cgroup, identify, parse_cpu_max, parse_cfs, parse_cpu_stat, count_cpus  (pure)
+    parse_proc_cgroup, identify, parse_cpu_max, parse_cfs, parse_cpu_stat  (pure)
 
 Errors: a missing or unreadable cgroup *directory* (the process moved or its
 container stopped) and garbled content raise :class:`CgroupError`. A missing
 *file* in an existing directory is a kernel state and returns "no value":
 no cpu.max / cfs_quota_us = no limit at that level; no cpu.stat bandwidth
-counters = ``None``; no cpuset file = the parent's cpuset applies.
-No hierarchy with the cpuset controller: ``cpuset_cpus`` is None (the host's
-CPUs apply); no unified hierarchy (pure v1): ``cgroup_id`` is None.
-:meth:`CgroupFS.snapshot` raises only for unusable /proc/PID/cgroup text; a
-field it cannot read is None with its reason in ``errors``.
+counters = ``None``. :meth:`CgroupFS.snapshot` raises only for unusable
+/proc/PID/cgroup text; a field it cannot read is None with its reason in ``errors``.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -49,32 +39,25 @@ from agent.host.cgroupparse import (
     QOS_CLASSES,
     V1_CONTROLLERS,
     CgroupIdentity,
-    CgroupMount,
     Hierarchy,
     Layout,
     Mode,
     ProcCgroup,
     Quota,
     Throttling,
-    at_or_below,
     build_layout,
-    count_cpus,
     identify,
-    layout_from_mounts,
     normalize_path,
     parse_cfs,
     parse_cpu_max,
     parse_cpu_stat,
-    parse_mountinfo,
     parse_proc_cgroup,
 )
 
 __all__ = [
     "QOS_CLASSES",
     "CgroupFS",
-    "CgroupIdResolver",
     "CgroupIdentity",
-    "CgroupMount",
     "CgroupSnapshot",
     "CpuLimit",
     "Hierarchy",
@@ -84,19 +67,14 @@ __all__ = [
     "ProcCgroup",
     "Quota",
     "Throttling",
-    "cgroup_id",
-    "count_cpus",
     "detect_layout",
     "identify",
-    "layout_from_mountinfo",
     "normalize_path",
     "parse_cfs",
     "parse_cpu_max",
     "parse_cpu_stat",
-    "parse_mountinfo",
     "parse_proc_cgroup",
     "read_cpu_limit",
-    "read_cpuset_cpus",
     "read_throttling",
 ]
 
@@ -172,25 +150,6 @@ def _unified(d: Path) -> Hierarchy:
     return Hierarchy(2, d, frozenset(text.split()))
 
 
-def layout_from_mountinfo(text: str, *, host_root: Path = Path("/"), cgroup_root: str = "/sys/fs/cgroup") -> Layout:
-    """The layout a mountinfo text (as seen in the host's mount namespace) describes.
-
-    Mount points are re-rooted under ``host_root``. v2 controllers are not in
-    mountinfo, so the unified root's ``cgroup.controllers`` is read if present.
-    """
-    mounts = parse_mountinfo(text)
-    controllers: frozenset[str] = frozenset()
-    for m in mounts:
-        mp = m.mount_point
-        if m.version == 2 and at_or_below(mp, cgroup_root):
-            try:
-                controllers = frozenset((host_root / mp.lstrip("/") / "cgroup.controllers").read_text().split())
-            except OSError:
-                controllers = frozenset()
-            break
-    return layout_from_mounts(mounts, cgroup_root=cgroup_root, prefix=host_root, unified_controllers=controllers)
-
-
 # ---- CPU limit ---------------------------------------------------------------------------------
 
 
@@ -242,122 +201,12 @@ def read_cpu_limit(h: Hierarchy, path: str) -> CpuLimit:
     )
 
 
-def read_cpuset_cpus(h: Hierarchy, path: str) -> int:
-    """Number of CPUs the cgroup may run on (effective list; nearest ancestor that has one)."""
-    names = ("cpuset.cpus.effective",) if h.version == 2 else ("cpuset.effective_cpus", "cpuset.cpus")
-    _require_dir(_dir(h, path))
-    for p in _ancestry(path):
-        for name in names:
-            text = _read(_dir(h, p) / name)
-            if text is not None:
-                return count_cpus(text)
-    raise CgroupError(f"no {' or '.join(names)} in {_dir(h, path)} or its ancestors")
-
-
 def read_throttling(h: Hierarchy, path: str) -> Throttling | None:
     """cpu.stat counters of one cgroup; None when it has none (no cpu controller / no cpu.stat)."""
     d = _dir(h, path)
     _require_dir(d)
     text = _read(d / "cpu.stat")
     return None if text is None else parse_cpu_stat(text, h.version)
-
-
-# ---- cgroup ids --------------------------------------------------------------------------------
-
-
-def cgroup_id(unified: Path, path: str) -> int:
-    """The id BPF's ``bpf_get_current_cgroup_id()`` reports for ``path``: its directory's inode
-    on the unified hierarchy (kernfs node id; equal to st_ino on 64-bit kernels)."""
-    d = unified.joinpath(*[c for c in normalize_path(path).split("/") if c])
-    try:
-        st = os.stat(d)
-    except OSError as exc:
-        raise CgroupError(f"cgroup {d} vanished" if exc.errno == errno.ENOENT else f"cannot stat {d}: {exc}") from None
-    return st.st_ino
-
-
-class CgroupIdResolver:
-    """Names the cgroup ids found in samples, walking the unified hierarchy only as far as needed.
-
-    Known ids are kept in an LRU of ``max_entries``. A miss resumes one
-    depth-first walk where the last miss left it (at most ``max_walk`` directories
-    per call); once a walk finishes, a new one starts only after
-    ``rewalk_interval_s`` so ids of cgroups that are gone cost nothing.
-    Ids are never reused (64-bit kernfs ids), so a cached name cannot go stale.
-    """
-
-    def __init__(
-        self,
-        unified: Path,
-        *,
-        max_entries: int = 8192,
-        max_walk: int = 50_000,
-        rewalk_interval_s: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.unified = unified
-        self.max_entries = max_entries
-        self.max_walk = max_walk
-        self.rewalk_interval_s = rewalk_interval_s
-        self._clock = clock
-        self._cache: OrderedDict[int, str] = OrderedDict()
-        self._walk: Iterator[tuple[int, str]] | None = None
-        self._walk_done_at: float | None = None
-        self.walked = 0  # directories visited in total, for tests and metrics
-
-    def __len__(self) -> int:
-        return len(self._cache)
-
-    def _put(self, cid: int, path: str) -> None:
-        self._cache[cid] = path
-        self._cache.move_to_end(cid)
-        while len(self._cache) > self.max_entries:
-            self._cache.popitem(last=False)
-
-    def remember(self, path: str) -> int:
-        """Stat one known path (e.g. from /proc/PID/cgroup) and cache its id."""
-        cid = cgroup_id(self.unified, path)
-        self._put(cid, normalize_path(path))
-        return cid
-
-    def _iter_tree(self) -> Iterator[tuple[int, str]]:
-        try:
-            yield os.stat(self.unified).st_ino, "/"
-        except OSError:
-            return
-        stack: list[tuple[Path, str]] = [(self.unified, "")]
-        while stack:
-            d, rel = stack.pop()
-            try:
-                with os.scandir(d) as it:
-                    subdirs = [e for e in it if e.is_dir(follow_symlinks=False)]
-            except OSError:  # removed while we walked
-                continue
-            for e in subdirs:
-                path = f"{rel}/{e.name}"
-                yield e.inode(), path
-                stack.append((Path(e.path), path))
-
-    def resolve(self, cid: int) -> str | None:
-        """The cgroup path of ``cid``, or None if it is not found within this call's budget."""
-        hit = self._cache.get(cid)
-        if hit is not None:
-            self._cache.move_to_end(cid)
-            return hit
-        if self._walk is None:
-            if self._walk_done_at is not None and self._clock() - self._walk_done_at < self.rewalk_interval_s:
-                return None
-            self._walk = self._iter_tree()
-        for _ in range(self.max_walk):
-            item = next(self._walk, None)
-            if item is None:
-                self._walk, self._walk_done_at = None, self._clock()
-                return None
-            self.walked += 1
-            self._put(*item)
-            if item[0] == cid:
-                return item[1]
-        return None
 
 
 # ---- the host-level facade ---------------------------------------------------------------------
@@ -370,10 +219,8 @@ class CgroupSnapshot:
 
     identity: CgroupIdentity
     limit: CpuLimit | None  # None: unknown (see errors); limit.cores None: unlimited
-    cpuset_cpus: int | None
     throttling: Throttling | None  # counters of ``throttling_path``
     throttling_path: str | None  # the level whose quota is effective, else the leaf
-    cgroup_id: int | None  # None on pure v1 or when unknown
     errors: tuple[str, ...] = ()
 
 
@@ -391,7 +238,6 @@ class CgroupFS:
         self.layout = layout if layout is not None else detect_layout(cgroup_root)
         self.ns_root = ns_root
         self.cpu = self.layout.for_controller("cpu")
-        self.cpuset = self.layout.for_controller("cpuset")
         self.unified = self.layout.unified
 
     @classmethod
@@ -426,21 +272,9 @@ class CgroupFS:
     def cpu_limit(self, proc: ProcCgroup) -> CpuLimit:
         return read_cpu_limit(*self._path(proc, self.cpu, "cpu"))
 
-    def cpuset_cpus(self, proc: ProcCgroup) -> int | None:
-        """None when no hierarchy has the cpuset controller (the host's CPUs apply)."""
-        if self.cpuset is None:
-            return None
-        return read_cpuset_cpus(*self._path(proc, self.cpuset, "cpuset"))
-
     def throttling(self, proc: ProcCgroup, path: str | None = None) -> Throttling | None:
         h, own = self._path(proc, self.cpu, "cpu")
         return read_throttling(h, path or own)
-
-    def cgroup_id(self, proc: ProcCgroup) -> int | None:
-        """None on pure v1 hosts (BPF's ids then name no mounted directory)."""
-        if self.unified is None or proc.unified is None:
-            return None
-        return cgroup_id(self.unified.mount, proc.unified)
 
     def snapshot(self, proc_cgroup_text: str) -> CgroupSnapshot:
         """Raises CgroupError only when the text itself is unusable."""
@@ -463,9 +297,7 @@ class CgroupFS:
         return CgroupSnapshot(
             identity=ident,
             limit=limit,
-            cpuset_cpus=attempt("cpuset", lambda: self.cpuset_cpus(proc)),
             throttling=throttling,
             throttling_path=key,
-            cgroup_id=attempt("cgroup id", lambda: self.cgroup_id(proc)),
             errors=tuple(errors),
         )

@@ -22,15 +22,14 @@ zombie, pid reused), :class:`ProcessAccessError` (permission), and
 
 from __future__ import annotations
 
-import bisect
 import errno
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 from agent.errors import NodeAgentError, ProcessGoneError
 from agent.host import cpulist
@@ -263,12 +262,11 @@ def parse_stat(text: str) -> Stat:
         raise ProcfsError("stat: malformed fields after '(comm)'") from None
 
 
-def parse_cpu_list(text: str) -> frozenset[int]:
-    """Kernel CPU list syntax "0-3,8,10-11" -> {0, 1, 2, 3, 8, 10, 11}."""
+def _cpus_allowed(text: str) -> frozenset[int]:
     try:
         return cpulist.parse_cpu_list(text)
     except ValueError as exc:
-        raise ProcfsError(str(exc)) from None
+        raise ProcfsError(f"status: Cpus_allowed_list: {exc}") from None
 
 
 def parse_status(text: str) -> Status:
@@ -283,7 +281,7 @@ def parse_status(text: str) -> Status:
             name=fields["Name"],
             tgid=int(fields["Tgid"]),
             threads=int(fields["Threads"]),
-            cpus_allowed=parse_cpu_list(fields["Cpus_allowed_list"]),
+            cpus_allowed=_cpus_allowed(fields["Cpus_allowed_list"]),
         )
     except KeyError as exc:
         raise ProcfsError(f"status: no {exc.args[0]} line") from None
@@ -341,14 +339,6 @@ def parse_maps(text: str) -> list[Mapping]:
         )
     out.sort(key=lambda mp: mp.start)
     return out
-
-
-def find_mapping(mappings: Sequence[Mapping], addr: int) -> Mapping | None:
-    """The mapping containing ``addr``; ``mappings`` sorted by start (as parse_maps returns)."""
-    i = bisect.bisect_right(mappings, addr, key=lambda mp: mp.start) - 1
-    if i >= 0 and mappings[i].contains(addr):
-        return mappings[i]
-    return None
 
 
 def file_offset(mapping: Mapping, addr: int) -> int:
@@ -484,53 +474,10 @@ class ProcFS:
         with _PidDir(self.root, pid) as d:
             return d.stat()
 
-    def process_key(self, pid: int) -> ProcessKey:
-        return ProcessKey(pid, self.read_stat(pid).start_time)
-
-    def is_kernel_thread(self, pid: int) -> bool:
-        return self.read_stat(pid).kernel_thread
-
-    def read_status(self, pid: int) -> Status:
-        with _PidDir(self.root, pid) as d:
-            return _parsed(pid, parse_status, d.read_text("status"))
-
-    def read_exe(self, pid: int) -> Executable | None:
-        """None for a kernel thread (it has no executable)."""
-        with _PidDir(self.root, pid) as d:
-            if d.stat().kernel_thread:
-                return None
-            return d.executable()
-
-    def read_maps(self, pid: int) -> list[Mapping]:
-        with _PidDir(self.root, pid) as d:
-            return _parsed(pid, parse_maps, d.read_text("maps"))
-
-    def read_go_env(self, pid: int) -> GoEnv:
-        with _PidDir(self.root, pid) as d:
-            return parse_go_env(d.read_bytes("environ"))
-
     def read_cgroup(self, pid: int) -> str:
         """/proc/PID/cgroup as text; agent.host.cgroups parses it."""
         with _PidDir(self.root, pid) as d:
             return d.read_text("cgroup")
-
-    def exe_open_path(self, pid: int) -> Path:
-        """Path that opens the executable's bytes, across mount namespaces."""
-        return self.pid_path(pid) / "exe"
-
-    def open_exe(self, pid: int, *, start_time: int | None = None) -> BinaryIO:
-        """Open the executable; with ``start_time``, the file is known to belong to that process."""
-        path = self.exe_open_path(pid)
-        try:
-            f = path.open("rb")
-        except OSError as exc:
-            raise _translate(exc, pid, "exe") from None
-        try:
-            self._verify(pid, start_time)
-        except BaseException:
-            f.close()
-            raise
-        return f
 
     def read_memory(self, pid: int, addr: int, size: int, *, start_time: int | None = None) -> bytes:
         """``size`` bytes at ``addr`` of a live process (/proc/PID/mem, needs ptrace access)."""
@@ -620,18 +567,3 @@ class ProcFS:
             cgroup=cgroup,
             errors=tuple(errors),
         )
-
-    def snapshot_many(self, pids: Iterable[int] | None = None) -> tuple[list[ProcessInfo], list[NodeAgentError]]:
-        """Snapshots of ``pids`` (default: all), skipping kernel threads; per-process
-        failures are returned, not raised."""
-        infos: list[ProcessInfo] = []
-        failures: list[NodeAgentError] = []
-        for pid in self.list_pids() if pids is None else pids:
-            try:
-                info = self.snapshot(pid)
-            except NodeAgentError as exc:
-                failures.append(exc)
-                continue
-            if info is not None:
-                infos.append(info)
-        return infos, failures

@@ -161,11 +161,6 @@ class DrainResult:
 # --------------------------------------------------------------------------- pure helpers
 
 
-def parse_cpu_list(text: str) -> list[int]:
-    """``0-3,5,7-8`` (sysfs cpu lists) -> [0, 1, 2, 3, 5, 7, 8]."""
-    return sorted(cpulist.parse_cpu_list(text))
-
-
 def parse_cap_eff(status: str) -> int:
     """The effective capability mask from /proc/<pid>/status text (0 if absent)."""
     for line in status.splitlines():
@@ -291,7 +286,7 @@ def _check_headers(search: HeaderSearch) -> Finding:
 
 def _check_cpus(sysfs: Path) -> Finding:
     text = _read(sysfs / "devices" / "system" / "cpu" / "online")
-    cpus = parse_cpu_list(text) if text else []
+    cpus = cpulist.parse_cpu_list(text) if text else frozenset()
     if not cpus:
         return Finding("cpus", False, f"no online CPUs listed in {sysfs}/devices/system/cpu/online", "mount sysfs")
     return Finding("cpus", True, f"{len(cpus)} online CPUs")
@@ -504,7 +499,7 @@ class Sampler:
 
     def _attach(self, prog_fd: int) -> None:
         online = _read(self.config.sysfs / "devices" / "system" / "cpu" / "online") or ""
-        for cpu in parse_cpu_list(online):
+        for cpu in sorted(cpulist.parse_cpu_list(online)):
             fd = self._lib.bpf_attach_perf_event(
                 ct.c_int(prog_fd),
                 ct.c_uint32(PERF_TYPE_SOFTWARE),

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from agent.errors import BPFUnavailableError, NodeAgentError
+from agent.host import cpulist
 from agent.sampling.kheaders import HeaderSearch
 from agent.sampling.sampler import (
     LOST_REASONS,
@@ -31,7 +32,6 @@ from agent.sampling.sampler import (
     can_bpf_and_perf,
     diagnose,
     parse_cap_eff,
-    parse_cpu_list,
     parse_lockdown,
     raise_for,
     stack_from_ips,
@@ -42,14 +42,6 @@ FREQ = 199
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-
-@pytest.mark.parametrize(
-    ("text", "cpus"),
-    [("0\n", [0]), ("0-3\n", [0, 1, 2, 3]), ("0-1,4,6-7", [0, 1, 4, 6, 7]), ("", [])],
-)
-def test_parse_cpu_list(text: str, cpus: list[int]) -> None:
-    assert parse_cpu_list(text) == cpus
 
 
 def test_capabilities() -> None:
@@ -413,7 +405,7 @@ def test_close_detaches_everything(busy: Busy, tmp_path: Path) -> None:
     s = Sampler(config(tmp_path))
     opened = {fd: link for fd, link in bpf_fds().items() if fd not in before}
     perf = [fd for fd, link in opened.items() if "perf_event" in link]
-    assert len(perf) == len(s.cpus) == len(parse_cpu_list(Path("/sys/devices/system/cpu/online").read_text()))
+    assert len(perf) == len(s.cpus) == len(cpulist.parse_cpu_list(Path("/sys/devices/system/cpu/online").read_text()))
     prog_ids = [
         int(line.split()[1])
         for fd, link in opened.items()

@@ -7,7 +7,6 @@ The fixture trees under tests/fixtures/cgroups copy real hosts file for file
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import cast
 
@@ -20,27 +19,22 @@ from agent.host.cgroupparse import V1_CONTROLLERS
 from agent.host.cgroups import (
     CgroupFS,
     CgroupIdentity,
-    CgroupIdResolver,
     Hierarchy,
     Mode,
     ProcCgroup,
     Quota,
     Throttling,
-    cgroup_id,
-    count_cpus,
     detect_layout,
     identify,
-    layout_from_mountinfo,
     normalize_path,
     parse_cfs,
     parse_cpu_max,
     parse_cpu_stat,
-    parse_mountinfo,
     parse_proc_cgroup,
     read_cpu_limit,
-    read_cpuset_cpus,
     read_throttling,
 )
+from agent.host.cpulist import parse_cpu_list
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "cgroups"
 EDGE = FIXTURES / "edge"
@@ -436,18 +430,18 @@ def test_parse_cpu_stat_rejects(text: str, version: int) -> None:
 @pytest.mark.parametrize(
     ("text", "n"), [("0-3,8,10-11\n", 7), ("0\n", 1), ("0-1", 2), ("2-3\n", 2), ("0-63", 64), ("1,1,1-2", 2)]
 )
-def test_count_cpus(text: str, n: int) -> None:
-    assert count_cpus(text) == n
+def test_cpu_list_size(text: str, n: int) -> None:
+    assert len(parse_cpu_list(text)) == n
 
 
-@pytest.mark.parametrize("text", ["", "\n", "0-3,x", "3-1", "-1", "0-99999999", "0,,1"])
-def test_count_cpus_rejects(text: str) -> None:
-    with pytest.raises(CgroupError):
-        count_cpus(text)
+@pytest.mark.parametrize("text", ["0-3,x", "3-1", "-1", "0-99999999", "0,,1"])
+def test_cpu_list_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="bad CPU"):
+        parse_cpu_list(text)
 
 
 @given(st.sets(st.integers(min_value=0, max_value=300), min_size=1))
-def test_count_cpus_matches_the_set_it_lists(cpus: set[int]) -> None:
+def test_cpu_list_is_the_set_it_lists(cpus: set[int]) -> None:
     ranges: list[str] = []
     for c in sorted(cpus):
         if ranges and "-" in ranges[-1] and int(ranges[-1].split("-")[1]) == c - 1:
@@ -456,99 +450,10 @@ def test_count_cpus_matches_the_set_it_lists(cpus: set[int]) -> None:
             ranges[-1] = f"{ranges[-1]}-{c}"
         else:
             ranges.append(str(c))
-    assert count_cpus(",".join(ranges)) == len(cpus)
+    assert parse_cpu_list(",".join(ranges)) == frozenset(cpus)
 
 
 # ---- layout ------------------------------------------------------------------------------------
-
-THIS_MACHINE_MOUNTINFO = """\
-24 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
-31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
-34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
-35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
-40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-"""
-SYSTEMD_V1_MOUNTINFO = """\
-25 24 0:22 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
-26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
-27 25 0:24 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,xattr,name=systemd
-30 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:14 - cgroup cgroup rw,cpu,cpuacct
-31 25 0:28 / /sys/fs/cgroup/cpuset rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup rw,cpuset
-40 25 0:29 / /var/lib/kubelet/pods/x\\040y rw,relatime - cgroup cgroup rw,memory
-"""
-V2_MOUNTINFO = (
-    "29 22 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 "
-    "rw,nsdelegate,memory_recursiveprot\n"
-)
-
-
-def test_parse_mountinfo_picks_cgroup_mounts_with_controllers() -> None:
-    mounts = parse_mountinfo(SYSTEMD_V1_MOUNTINFO)
-    assert [(m.mount_point, m.version) for m in mounts] == [
-        ("/sys/fs/cgroup/unified", 2),
-        ("/sys/fs/cgroup/systemd", 1),
-        ("/sys/fs/cgroup/cpu,cpuacct", 1),
-        ("/sys/fs/cgroup/cpuset", 1),
-        ("/var/lib/kubelet/pods/x y", 1),  # octal escapes decoded
-    ]
-    assert mounts[1].controllers == {"name=systemd"}  # "xattr" is an option, not a controller
-    assert mounts[2].controllers == {"cpu", "cpuacct"}
-    assert all(m.root == "/" for m in mounts)
-
-
-def test_layout_from_mountinfo_this_machine_is_hybrid(tmp_path: Path) -> None:
-    layout = layout_from_mountinfo(THIS_MACHINE_MOUNTINFO, host_root=tmp_path)
-    assert layout.mode is Mode.HYBRID
-    cpu = layout.for_controller("cpu")
-    assert cpu is not None
-    assert (cpu.version, cpu.mount) == (1, tmp_path / "sys/fs/cgroup/cpu")
-    unified = layout.unified
-    assert unified is not None
-    assert unified.mount == tmp_path / "sys/fs/cgroup/unified"
-    assert layout.for_controller("io") is None
-
-
-def test_layout_from_mountinfo_reroots_and_ignores_mounts_elsewhere() -> None:
-    layout = layout_from_mountinfo(SYSTEMD_V1_MOUNTINFO, host_root=Path("/host"))
-    assert layout.mode is Mode.HYBRID
-    assert {str(h.mount) for h in layout.hierarchies} == {
-        "/host/sys/fs/cgroup/unified",
-        "/host/sys/fs/cgroup/systemd",
-        "/host/sys/fs/cgroup/cpu,cpuacct",
-        "/host/sys/fs/cgroup/cpuset",
-    }
-    cpu = layout.for_controller("cpuacct")
-    assert cpu is not None
-    assert cpu.mount == Path("/host/sys/fs/cgroup/cpu,cpuacct")
-
-
-def test_layout_from_mountinfo_v2_reads_controllers_under_the_host_root(tmp_path: Path) -> None:
-    (tmp_path / "sys" / "fs").mkdir(parents=True)
-    (tmp_path / "sys" / "fs" / "cgroup").symlink_to(FIXTURES / "v2-systemd-containerd")
-    layout = layout_from_mountinfo(V2_MOUNTINFO, host_root=tmp_path)
-    assert layout.mode is Mode.V2
-    cpu = layout.for_controller("cpu")
-    assert cpu is not None
-    assert (cpu.version, cpu.mount) == (2, tmp_path / "sys/fs/cgroup")
-    assert layout.for_controller("rdma") == cpu
-
-
-def test_layout_from_mountinfo_at_the_file_system_root() -> None:
-    host = FIXTURES / "v2-systemd-containerd"
-    layout = layout_from_mountinfo(V2_MOUNTINFO.replace("/sys/fs/cgroup", "/"), host_root=host, cgroup_root="/")
-    assert layout.mode is Mode.V2
-    cpu = layout.for_controller("cpu")
-    assert cpu is not None
-    assert cpu.mount == host
-
-
-def test_layout_from_mountinfo_without_cgroups_is_an_error() -> None:
-    with pytest.raises(CgroupError, match="no cgroup hierarchy"):
-        layout_from_mountinfo("24 1 254:1 / / rw - ext4 /dev/vda1 rw\n")
-
 
 @pytest.mark.parametrize(
     ("tree", "mode", "cpu_dir", "cpuset_dir", "unified_dir"),
@@ -631,8 +536,6 @@ def test_v2_systemd_burstable_container_limit_and_throttling() -> None:
     assert [lv.quota.cores if lv.quota else None for lv in snap.limit.levels] == [1.0, 1.5, None, None, None]
     assert snap.throttling_path == SD_BURST_A1
     assert snap.throttling == thr(9120, 1290, 86.000001)
-    assert snap.cpuset_cpus == 8  # inherited from the root: cpuset.cpus.effective "0-7"
-    assert snap.cgroup_id == os.stat(FIXTURES / "v2-systemd-containerd" / SD_BURST_A1.lstrip("/")).st_ino
 
 
 def test_v2_systemd_pod_level_limit_below_the_container() -> None:
@@ -650,7 +553,6 @@ def test_v2_systemd_guaranteed_pod_with_static_cpuset() -> None:
     assert snap.limit is not None
     assert snap.limit.cores == 2.0
     assert snap.limit.source == SD_GUAR  # pod and container tie: the deepest level wins
-    assert snap.cpuset_cpus == 2
     assert snap.errors == ()
 
 
@@ -689,7 +591,6 @@ def test_v2_cgroupfs(path: str, cores: float | None, qos: str, uid: str, cid: st
     assert snap.limit is not None
     assert snap.limit.cores == cores
     assert (snap.identity.qos, snap.identity.pod_uid, snap.identity.container_id) == (qos, uid, cid)
-    assert snap.cpuset_cpus == 4
 
 
 def test_v2_cgroupfs_throttling() -> None:
@@ -707,8 +608,6 @@ def test_v1_systemd_crio_container() -> None:
     assert (snap.limit.cores, snap.limit.leaf, snap.limit.source) == (2.0, 2.0, CRIO)
     assert snap.limit.levels[1].quota == Quota(250000, 100000)
     assert snap.throttling == thr(20480, 1022, 50.987654321)
-    assert snap.cpuset_cpus == 7  # "0-3,8,10-11"
-    assert snap.cgroup_id is None  # pure v1: no unified hierarchy to name BPF's ids
 
 
 def test_v1_systemd_crio_conmon_is_not_a_container() -> None:
@@ -717,7 +616,6 @@ def test_v1_systemd_crio_conmon_is_not_a_container() -> None:
     assert snap.identity.container_id is None
     assert snap.limit is not None
     assert (snap.limit.cores, snap.limit.leaf, snap.limit.source) == (2.5, None, CRIO_POD)
-    assert snap.cpuset_cpus == 16
 
 
 def test_v1_pod_level_limit_below_the_container() -> None:
@@ -744,7 +642,6 @@ def test_v1_cgroupfs_docker(path: str, cores: float | None, throttling: Throttli
     assert snap.limit is not None
     assert snap.limit.cores == cores
     assert snap.throttling == throttling
-    assert snap.cpuset_cpus == 4  # an old kernel: cpuset.cpus, no cpuset.effective_cpus
 
 
 def test_v1_cgroupfs_docker_outside_kubernetes_is_named_by_runtime() -> None:
@@ -763,8 +660,6 @@ def test_hybrid_limit_from_v1_id_from_unified() -> None:
     assert snap.limit is not None
     assert (snap.limit.cores, snap.limit.source) == (0.5, HY)
     assert snap.throttling == thr(800, 500, 20.0)
-    assert snap.cpuset_cpus == 2
-    assert snap.cgroup_id == os.stat(root / "unified" / HY.lstrip("/")).st_ino
 
 
 def test_hybrid_system_service() -> None:
@@ -801,8 +696,8 @@ def test_vanished_cgroup_is_an_error_for_every_field_but_identity() -> None:
     gone = f"{SD_BURST_POD}/cri-containerd-{'e' * 64}.scope"
     snap = fs_of("v2-systemd-containerd").snapshot(v2_text(gone))
     assert snap.identity.container_id == "e" * 64
-    assert (snap.limit, snap.throttling, snap.cpuset_cpus, snap.cgroup_id) == (None, None, None, None)
-    assert len(snap.errors) == 4
+    assert (snap.limit, snap.throttling) == (None, None)
+    assert len(snap.errors) == 2
     assert all("does not exist" in e or "vanished" in e for e in snap.errors)
 
 
@@ -810,11 +705,9 @@ def test_vanished_cgroup_raises_from_the_direct_readers() -> None:
     fs = fs_of("v2-systemd-containerd")
     assert fs.cpu is not None
     gone = "/kubepods.slice/nope.slice"
-    for fn in (read_cpu_limit, read_cpuset_cpus, read_throttling):
+    for fn in (read_cpu_limit, read_throttling):
         with pytest.raises(CgroupError, match="does not exist"):
             fn(fs.cpu, gone)
-    with pytest.raises(CgroupError, match="vanished"):
-        cgroup_id(fs.cpu.mount, gone)
 
 
 def test_snapshot_keeps_good_fields_when_one_is_garbled(tmp_path: Path) -> None:
@@ -827,7 +720,6 @@ def test_snapshot_keeps_good_fields_when_one_is_garbled(tmp_path: Path) -> None:
     snap = CgroupFS(tmp_path).snapshot("0::/app\n")
     assert snap.limit is not None
     assert snap.limit.cores == 0.5
-    assert snap.cpuset_cpus == 4
     assert snap.throttling is None
     assert snap.errors == ("throttling: cpu.stat nr_periods: not an integer: 'x'",)
 
@@ -860,9 +752,7 @@ def test_no_cpu_controller_anywhere(tmp_path: Path) -> None:
     snap = CgroupFS(tmp_path).snapshot("0::/\n")
     assert snap.limit is None
     assert snap.throttling_path is None
-    assert snap.cpuset_cpus is None  # no cpuset controller: the host's CPUs apply, not an error
     assert snap.errors == ("cpu limit: no mounted hierarchy has the cpu controller",)
-    assert snap.cgroup_id == os.stat(tmp_path).st_ino
 
 
 # ---- edge cases, one fixture each --------------------------------------------------------------
@@ -933,113 +823,18 @@ EDGE_OTHER = {
     "v2-stat-garbage": ("throttling", "nr_periods: not an integer"),
     "v2-stat-truncated": ("throttling", "not an integer: ''"),
     "v1-stat-missing-time": ("throttling", "no throttled_time"),
-    "v2-cpuset-garbage": ("cpuset", "bad CPU list"),
-    "v2-cpuset-empty": ("cpuset", "bad CPU list ''"),
-    "v2-cpuset-inherited": ("cpuset", 6),
 }
 
 
 @pytest.mark.parametrize(("name", "field", "expected"), [(n, f, e) for n, (f, e) in EDGE_OTHER.items()])
-def test_edge_stat_and_cpuset(name: str, field: str, expected: str | int | None) -> None:
+def test_edge_stat(name: str, field: str, expected: str | None) -> None:
     fs = edge_fs(name)
-    h = fs.cpuset if field == "cpuset" else fs.cpu
-    reader = read_cpuset_cpus if field == "cpuset" else read_throttling
+    h = fs.cpu
     if h is None:  # v2-stat-no-bandwidth: no cpu controller at all, read the leaf through the unified hierarchy
         h = fs.unified
-    assert h is not None
-    if isinstance(expected, str):
+    assert h is not None and field == "throttling"
+    if expected is not None:
         with pytest.raises(CgroupError, match=expected):
-            reader(h, "/leaf")
+            read_throttling(h, "/leaf")
     else:
-        assert reader(h, "/leaf") == expected
-
-
-# ---- cgroup ids --------------------------------------------------------------------------------
-
-
-def make_tree(root: Path, paths: list[str]) -> dict[str, int]:
-    ids = {"/": os.stat(root).st_ino}
-    for p in paths:
-        d = root / p.lstrip("/")
-        d.mkdir(parents=True, exist_ok=True)
-        ids[p] = os.stat(d).st_ino
-    return ids
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_cgroup_id_is_the_directory_inode(tmp_path: Path) -> None:
-    ids = make_tree(tmp_path, ["/a/b"])
-    assert cgroup_id(tmp_path, "/a/b") == ids["/a/b"]
-    assert cgroup_id(tmp_path, "/") == ids["/"]
-    with pytest.raises(CgroupError, match="vanished"):
-        cgroup_id(tmp_path, "/a/c")
-
-
-def test_resolver_finds_every_directory(tmp_path: Path) -> None:
-    paths = ["/system.slice/ssh.service", SD_BURST_A1, SD_BURST_A2, SD_GUAR, "/a/b/c/d"]
-    ids = make_tree(tmp_path, paths)
-    r = CgroupIdResolver(tmp_path)
-    for p, cid in ids.items():
-        assert r.resolve(cid) == p
-    visited = r.walked
-    for p, cid in ids.items():  # second round from the cache only
-        assert r.resolve(cid) == p
-    assert r.walked == visited
-
-
-def test_resolver_walks_lazily(tmp_path: Path) -> None:
-    ids = make_tree(tmp_path, [f"/g{i}" for i in range(50)])
-    r = CgroupIdResolver(tmp_path)
-    assert r.resolve(ids["/"]) == "/"
-    assert r.walked == 1  # the root comes first: nothing else was listed
-
-
-def test_resolver_budget_and_rewalk_interval(tmp_path: Path) -> None:
-    ids = make_tree(tmp_path, [f"/g{i}" for i in range(20)])
-    clock = FakeClock()
-    r = CgroupIdResolver(tmp_path, max_walk=5, rewalk_interval_s=10.0, clock=clock)
-    unknown = max(ids.values()) + 10_000
-    assert r.resolve(unknown) is None
-    assert r.walked == 5  # one call never visits more than max_walk directories
-    for _ in range(10):
-        r.resolve(unknown)
-    assert r.walked == 21  # the whole tree, once
-    r.resolve(unknown)
-    assert r.walked == 21  # finished recently: no new walk
-    (tmp_path / "late").mkdir()
-    late = os.stat(tmp_path / "late").st_ino
-    assert r.resolve(late) is None  # not yet: inside the rewalk interval
-    clock.now += 11
-    for _ in range(10):
-        found = r.resolve(late)
-        if found:
-            break
-    assert found == "/late"
-
-
-def test_resolver_cache_is_bounded(tmp_path: Path) -> None:
-    ids = make_tree(tmp_path, [f"/g{i}" for i in range(30)])
-    r = CgroupIdResolver(tmp_path, max_entries=8)
-    for cid in ids.values():
-        r.resolve(cid)
-    assert len(r) <= 8
-
-
-def test_resolver_remember_known_paths(tmp_path: Path) -> None:
-    ids = make_tree(tmp_path, ["/x/y"])
-    r = CgroupIdResolver(tmp_path, rewalk_interval_s=1e9)
-    assert r.remember("/x/y/") == ids["/x/y"]
-    assert r.resolve(ids["/x/y"]) == "/x/y"
-    assert r.walked == 0
-
-
-def test_resolver_survives_a_missing_root(tmp_path: Path) -> None:
-    r = CgroupIdResolver(tmp_path / "gone")
-    assert r.resolve(1) is None
+        assert read_throttling(h, "/leaf") is None

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import NodeAgentError, ProcessGoneError
-from agent.host import procfs
+from agent.host import cpulist, procfs
 from agent.host.procfs import (
     Executable,
     GoEnv,
@@ -26,8 +26,6 @@ from agent.host.procfs import (
     Stat,
     exe_mappings,
     file_offset,
-    find_mapping,
-    parse_cpu_list,
     parse_go_env,
     parse_maps,
     parse_stat,
@@ -99,13 +97,15 @@ def test_parse_stat_rejects_malformed(text: str) -> None:
     ],
 )
 def test_parse_cpu_list(text: str, cpus: set[int]) -> None:
-    assert parse_cpu_list(text) == frozenset(cpus)
+    assert cpulist.parse_cpu_list(text) == frozenset(cpus)
 
 
 @pytest.mark.parametrize("text", ["a", "3-1", "-1", "0-", "0,,1", "1-2-3", "0-99999999", "0x1"])
 def test_parse_cpu_list_rejects(text: str) -> None:
-    with pytest.raises(ProcfsError):
-        parse_cpu_list(text)
+    with pytest.raises(ValueError, match="bad CPU"):
+        cpulist.parse_cpu_list(text)
+    with pytest.raises(ProcfsError, match="Cpus_allowed_list"):
+        parse_status(STATUS + f"Cpus_allowed_list:\t{text}\n")
 
 
 STATUS = "Name:\tapi server\nState:\tS (sleeping)\nTgid:\t10\nPid:\t10\nPPid:\t1\nThreads:\t9\nCpus_allowed:\tf\n"
@@ -255,32 +255,6 @@ SPARSE = parse_maps(
 )
 
 
-@pytest.mark.parametrize(
-    "addr,start",
-    [
-        (0, None),
-        (0xFFF, None),
-        (0x1000, 0x1000),
-        (0x2FFF, 0x1000),
-        (0x3000, 0x3000),
-        (0x3FFF, 0x3000),
-        (0x4000, None),
-        (0x7FFF, None),
-        (0x8000, 0x8000),
-        (0x8FFF, 0x8000),
-        (0x9000, None),
-        (1 << 63, None),
-    ],
-)
-def test_find_mapping(addr: int, start: int | None) -> None:
-    found = find_mapping(SPARSE, addr)
-    assert (found.start if found else None) == start
-
-
-def test_find_mapping_empty() -> None:
-    assert find_mapping([], 0x1000) is None
-
-
 def test_file_offset() -> None:
     code, data, _ = SPARSE
     assert file_offset(code, 0x1000) == 0
@@ -385,9 +359,9 @@ def test_fixture_snapshot_go_server(fake: ProcFS) -> None:
     # maps show another device/inode than stat(): matched by path
     assert [(m.start, m.offset) for m in info.exe_mappings()] == [(0x400000, 0)]
     assert len(info.exe_mappings(executable_only=False)) == 3
-    heap = find_mapping(info.mappings, 0xC000123456)
+    heap = next(m for m in info.mappings if m.contains(0xC000123456))
     assert heap is not None and heap.path == "" and heap.writable
-    spaced = find_mapping(info.mappings, 0x7F3C2B000010)
+    spaced = next(m for m in info.mappings if m.contains(0x7F3C2B000010))
     assert spaced is not None and spaced.path == "/data/my file (v2).db"
 
 
@@ -410,7 +384,7 @@ def test_fixture_snapshot_awkward_process(fake: ProcFS) -> None:
     assert info.go_env == GoEnv() and info.gomaxprocs_env is None
     assert info.cpus_allowed == frozenset({1})
     assert info.mappings is not None
-    lib = find_mapping(info.mappings, 0x7F00AA000100)
+    lib = next(m for m in info.mappings if m.contains(0x7F00AA000100))
     assert lib is not None and lib.deleted and lib.path == "/tmp/libgone.so"
     code = info.exe_mappings()
     assert len(code) == 1 and file_offset(code[0], 0x55D0C0A02010) == 0x2010
@@ -419,9 +393,7 @@ def test_fixture_snapshot_awkward_process(fake: ProcFS) -> None:
 
 def test_fixture_kernel_thread_is_skipped(fake: ProcFS) -> None:
     assert fake.snapshot(2) is None
-    assert fake.is_kernel_thread(2)
-    assert fake.read_exe(2) is None
-    assert not fake.is_kernel_thread(4242)
+    assert fake.read_stat(2).kernel_thread and not fake.read_stat(4242).kernel_thread
 
 
 def test_fixture_zombie_is_gone(fake: ProcFS) -> None:
@@ -433,31 +405,13 @@ def test_fixture_missing_pid_is_gone(fake: ProcFS) -> None:
     with pytest.raises(ProcessGoneError):
         fake.snapshot(999999)
     with pytest.raises(ProcessGoneError):
-        fake.read_maps(999999)
-
-
-def test_fixture_snapshot_many(fake: ProcFS) -> None:
-    infos, failures = fake.snapshot_many()
-    assert [i.pid for i in infos] == [4242, 4343]
-    assert len(failures) == 1 and isinstance(failures[0], ProcessGoneError) and "5000" in str(failures[0])
-    infos, failures = fake.snapshot_many([4343, 31337])
-    assert [i.pid for i in infos] == [4343] and isinstance(failures[0], ProcessGoneError)
+        fake.read_cgroup(999999)
 
 
 def test_fixture_single_file_readers(fake: ProcFS) -> None:
-    assert fake.process_key(4242) == ProcessKey(4242, 987654)
+    assert fake.read_stat(4242).start_time == 987654
     assert fake.read_stat(4343).comm == "a) b (c"
-    assert fake.read_status(4242).threads == 12
-    assert fake.read_go_env(4343) == GoEnv()
     assert fake.read_cgroup(4343) == "0::/system.slice/weird.service\n"
-    assert [m.path for m in fake.read_maps(4343)] == ["/bin/sh", "/bin/sh", "/tmp/libgone.so"]
-    exe = fake.read_exe(4242)
-    assert exe is not None and exe.inode == os.stat("/bin/sh").st_ino
-    assert fake.exe_open_path(4242) == FIXTURES / "4242" / "exe"
-    with fake.open_exe(4242, start_time=987654) as f:
-        assert f.read(4) == b"\x7fELF"
-    with pytest.raises(ProcessReusedError):
-        fake.open_exe(4242, start_time=1)
 
 
 def test_fixture_pid_reused_during_snapshot(fake_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
