@@ -18,6 +18,7 @@ AGENT = Path(__file__).parents[2] / "agent"
 LAYERS = {
     "errors": 0,
     "shutdown": 0,
+    "lru": 0,
     "sampling": 1,
     "host": 1,
     "gobinary": 1,
