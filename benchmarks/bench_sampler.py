@@ -60,8 +60,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from agent.cachedir import cache_dir
 from agent.errors import NodeAgentError
-from agent.lab.gotoolchain import GoToolchain, build_program, cache_dir, find_toolchain, source_hash
+from agent.lab.gotoolchain import GoToolchain, build_program, find_toolchain, source_hash
 from agent.shutdown import Terminated, raising_signals
 from benchmarks.common import (
     REPO,

@@ -40,7 +40,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.lab.gotoolchain import GoToolchain, build_env, cache_dir, find_toolchains
+from agent.cachedir import cache_dir
+from agent.lab.gotoolchain import GoToolchain, build_env, find_toolchains
 
 MODES = ("exe", "pie")
 VARIANTS = ("full", "strip", "sw")

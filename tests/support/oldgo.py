@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from agent.lab.gotoolchain import cache_dir
+from agent.cachedir import cache_dir
 
 # Every binary the fetch script installs (keep in sync with its ENTRIES).
 EXPECTED: tuple[str, ...] = (

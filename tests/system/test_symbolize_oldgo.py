@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.cachedir import cache_dir
 from agent.gobinary.pclntab import PclnVersion
 from agent.gobinary.symbolizer import GoBinary
-from agent.lab.gotoolchain import cache_dir, find_toolchain
+from agent.lab.gotoolchain import find_toolchain
 from tests.support.capabilities import need
 from tests.support.gobuild import go_env
 from tests.support.oldgo import EXPECTED, missing_old_go_binaries, old_go_binaries, oldgo_dir

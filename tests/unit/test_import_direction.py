@@ -19,6 +19,7 @@ LAYERS = {
     "errors": 0,
     "shutdown": 0,
     "lru": 0,
+    "cachedir": 0,
     "sampling": 1,
     "host": 1,
     "gobinary": 1,
