@@ -149,7 +149,7 @@ class Pipeline:
         return ScanResult(
             duration_s=duration_s,
             frequency_hz=frequency_hz,
-            total_samples=drain.busy_samples,
+            busy_samples=drain.busy_samples,
             go=go,
             other=other,
             lost=dict(drain.lost),

@@ -119,7 +119,7 @@ class GoEnv:
 
 
 @dataclass(frozen=True, slots=True)
-class Mapping:
+class MappedRegion:
     """One line of /proc/PID/maps. ``path`` has any " (deleted)" suffix removed."""
 
     start: int
@@ -204,7 +204,7 @@ class ProcessInfo:
     cpu_seconds: float  # utime + stime of all threads
     cpus_allowed: frozenset[int]
     exe: Executable | None
-    mappings: tuple[Mapping, ...] | None = field(repr=False)
+    mappings: tuple[MappedRegion, ...] | None = field(repr=False)
     go_env: GoEnv | None
     cgroup: str | None = field(repr=False)
     errors: tuple[str, ...] = ()
@@ -229,7 +229,7 @@ class ProcessInfo:
     def godebug_env(self) -> str | None:
         return self.go_env.godebug if self.go_env else None
 
-    def exe_mappings(self, *, executable_only: bool = True) -> list[Mapping]:
+    def exe_mappings(self, *, executable_only: bool = True) -> list[MappedRegion]:
         if self.exe is None or self.mappings is None:
             return []
         return exe_mappings(self.mappings, self.exe, executable_only=executable_only)
@@ -313,10 +313,10 @@ def split_deleted(path: str) -> tuple[str, bool]:
     return path, False
 
 
-def parse_maps(text: str) -> list[Mapping]:
+def parse_maps(text: str) -> list[MappedRegion]:
     """/proc/PID/maps -> mappings sorted by start. Paths may contain spaces (the
     kernel escapes only newlines), so the path is everything after the inode."""
-    out: list[Mapping] = []
+    out: list[MappedRegion] = []
     for line in text.split("\n"):  # not splitlines(): a path may hold \r or \x1c
         if not line:
             continue
@@ -325,7 +325,7 @@ def parse_maps(text: str) -> list[Mapping]:
             raise ProcfsError(f"maps: malformed line {line[:80]!r}")
         path, deleted = split_deleted(m.group(8) or "")
         out.append(
-            Mapping(
+            MappedRegion(
                 start=int(m.group(1), 16),
                 end=int(m.group(2), 16),
                 perms=m.group(3),
@@ -341,7 +341,7 @@ def parse_maps(text: str) -> list[Mapping]:
     return out
 
 
-def file_offset(mapping: Mapping, addr: int) -> int:
+def file_offset(mapping: MappedRegion, addr: int) -> int:
     """Offset in the mapped file of runtime address ``addr``. The symbolizer turns
     it into a link-time address with the ELF program headers (PIE or not)."""
     if not mapping.contains(addr):
@@ -349,7 +349,9 @@ def file_offset(mapping: Mapping, addr: int) -> int:
     return addr - mapping.start + mapping.offset
 
 
-def exe_mappings(mappings: Iterable[Mapping], exe: Executable, *, executable_only: bool = True) -> list[Mapping]:
+def exe_mappings(
+    mappings: Iterable[MappedRegion], exe: Executable, *, executable_only: bool = True
+) -> list[MappedRegion]:
     """The mappings of the main executable (by default only the executable ones).
 
     Matched by (device, inode) first. Some filesystems (overlayfs on some

@@ -33,7 +33,7 @@ from agent.host.procfs import (
 from tests.support.capabilities import need, need_root
 
 
-def mapping_at(mappings: tuple[procfs.Mapping, ...], addr: int) -> procfs.Mapping | None:
+def mapping_at(mappings: tuple[procfs.MappedRegion, ...], addr: int) -> procfs.MappedRegion | None:
     return next((m for m in mappings if m.contains(addr)), None)
 
 

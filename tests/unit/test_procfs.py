@@ -16,7 +16,7 @@ from agent.host import cpulist, procfs
 from agent.host.procfs import (
     Executable,
     GoEnv,
-    Mapping,
+    MappedRegion,
     ProcessAccessError,
     ProcessInfo,
     ProcessKey,
@@ -158,8 +158,8 @@ def test_parse_go_env_keeps_nothing_else() -> None:
 
 def _m(
     start: int, end: int, perms: str, offset: int, dev: tuple[int, int], inode: int, path: str, deleted: bool = False
-) -> Mapping:
-    return Mapping(start, end, perms, offset, dev[0], dev[1], inode, path, deleted)
+) -> MappedRegion:
+    return MappedRegion(start, end, perms, offset, dev[0], dev[1], inode, path, deleted)
 
 
 @pytest.mark.parametrize(
@@ -204,7 +204,7 @@ def _m(
         ),
     ],
 )
-def test_parse_maps_line(line: str, expected: Mapping) -> None:
+def test_parse_maps_line(line: str, expected: MappedRegion) -> None:
     assert parse_maps(line + "\n") == [expected]
 
 
@@ -418,7 +418,7 @@ def test_fixture_pid_reused_during_snapshot(fake_copy: Path, monkeypatch: pytest
     stat = fake_copy / "4242" / "stat"
     original = procfs.parse_maps
 
-    def reuse_then_parse(text: str) -> list[Mapping]:
+    def reuse_then_parse(text: str) -> list[MappedRegion]:
         # between the first and the last read of stat, pid 4242 becomes another process
         stat.write_text(stat.read_text().replace(" 987654 ", " 987999 "))
         return original(text)
