@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agent.errors import NodeAgentError
-from agent.lab import cgroupctl
+from agent.lab import cgroupwriter
 from agent.shutdown import Terminated, raising_signals
 from benchmarks.common import (
     CLK_TCK,
@@ -304,14 +304,14 @@ def build_binaries() -> list[Binary]:
 
 
 def remove_cgroup(path: Path) -> None:
-    problem = cgroupctl.remove_cgroup(path)
+    problem = cgroupwriter.remove_cgroup(path)
     if problem:
         print(f"bench_soak: {problem}", file=sys.stderr)
 
 
 def sweep_stale_cgroups(root: Path = V1_CPU) -> list[str]:
     """Remove soak cgroups whose harness is gone (a SIGKILLed earlier run); the problems, if any."""
-    return cgroupctl.remove_stale(root, CGROUP_PREFIX)
+    return cgroupwriter.remove_stale(root, CGROUP_PREFIX)
 
 
 class SoakCgroups:
@@ -334,7 +334,7 @@ class SoakCgroups:
             raise SoakError(f"cannot create a v1 cpu cgroup under {self.root.parent} ({exc}); run as root") from exc
 
     def _limit(self, path: Path, cores: float | None) -> None:
-        cgroupctl.set_limit(path, 1, cores, self.period_us)
+        cgroupwriter.set_limit(path, 1, cores, self.period_us)
 
     def child(self, name: str, cores: float) -> Path:
         path = self.root / name
@@ -465,7 +465,7 @@ class Fleet:
         # Joins its cgroup before exec (the Go runtime starts inside it, its GOMAXPROCS default may read
         # the quota); the harness never waits on a child that runs throttled. Exit 125: could not join.
         proc = subprocess.Popen(
-            cgroupctl.in_cgroup(argv, w.cgroup),
+            cgroupwriter.in_cgroup(argv, w.cgroup),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -22,8 +22,8 @@ from agent.analysis.verdict import Evidence, judge
 from agent.errors import BinaryError, NodeAgentError, NotGoError, ProcessGoneError
 from agent.gobinary.elf import open_image
 from agent.gobinary.symbolizer import BinaryCache, GoBinary
-from agent.host.cgroupparse import Throttling
-from agent.host.cgroupsource import CgroupFacts
+from agent.host.cgroupfs import CgroupFacts
+from agent.host.cgroupmodel import Throttling
 from agent.host.procfs import ProcessInfo, ProcFS
 from agent.lru import BoundedCache
 from agent.sampling.sampler import DrainResult

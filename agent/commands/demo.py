@@ -38,7 +38,7 @@ from typing import IO, TYPE_CHECKING, Any
 from agent.analysis.verdict import Verdict, recommended_gomaxprocs
 from agent.cachedir import cache_dir
 from agent.errors import NodeAgentError
-from agent.lab.cgroupctl import HELP_CGROUP, JOIN_FAILED, CgroupTree, find_cpu_hierarchy, in_cgroup, remove_stale
+from agent.lab.cgroupwriter import HELP_CGROUP, JOIN_FAILED, CgroupTree, find_cpu_hierarchy, in_cgroup, remove_stale
 from agent.lab.gotoolchain import HELP_GO, GoToolchain, build_program, find_toolchains, source_hash
 from agent.shutdown import ignoring_signals, raising_signals
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from agent.analysis.pipeline import KubeSource, Pipeline
 from agent.gobinary.symbolizer import BinaryCache
-from agent.host.cgroupsource import HostCgroups
+from agent.host.cgroupfs import HostCgroups
 from agent.host.procfs import ProcFS
 from agent.sampling.sampler import SamplerConfig
 

@@ -477,7 +477,7 @@ class ProcFS:
             return d.stat()
 
     def read_cgroup(self, pid: int) -> str:
-        """/proc/PID/cgroup as text; agent.host.cgroups parses it."""
+        """/proc/PID/cgroup as text; agent.host.cgroupfs parses it."""
         with _PidDir(self.root, pid) as d:
             return d.read_text("cgroup")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agent.commands import demo
 from agent.commands.demo import Service
-from agent.lab.cgroupctl import add_process, in_cgroup, remove_cgroup, set_limit
+from agent.lab.cgroupwriter import add_process, in_cgroup, remove_cgroup, set_limit
 from agent.lab.gotoolchain import GoToolchain, find_toolchains
 from tests.support.capabilities import missing, need, need_root
 

@@ -1,4 +1,4 @@
-"""agent.host.cgroups on this machine's real hierarchies: real quotas, real throttling, real ids.
+"""agent.host.cgroupfs on this machine's real hierarchies: real quotas, real throttling, real ids.
 
 Each test makes its own cgroups (``node-agent-test-<pid>-<random>``) in the
 hierarchy holding the controller it needs (v1 ``cpu`` here; the unified tree on
@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 
 from agent.errors import CgroupError
-from agent.host.cgroups import (
+from agent.host.cgroupfs import (
     CgroupFS,
     Hierarchy,
     Mode,
     detect_layout,
 )
 from agent.host.procfs import parse_stat
-from agent.lab.cgroupctl import add_process, cgroup_pids, set_limit
+from agent.lab.cgroupwriter import add_process, cgroup_pids, set_limit
 from tests.support.capabilities import missing, need, need_root
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")

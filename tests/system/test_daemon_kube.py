@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.lab.cgroupctl import remove_cgroup
+from agent.lab.cgroupwriter import remove_cgroup
 from tests.support.capabilities import need_root
 from tests.support.fakeapi import FakeKubeAPI, make_container, make_pod, uid_of
 from tests.support.workloads import V1_CPU, Cgroup, build_demo, load, need_v1_cpu_cgroup, service

@@ -27,7 +27,7 @@ from agent.analysis.model import GoProcessReport
 from agent.analysis.verdict import Verdict
 from agent.commands import demo
 from agent.errors import CgroupError, NodeAgentError
-from agent.lab import cgroupctl, gotoolchain
+from agent.lab import cgroupwriter, gotoolchain
 from agent.lab.gotoolchain import GoToolchain, find_toolchain, find_toolchains
 from tests.support.capabilities import missing, need, need_root
 from tests.support.oracles import go_pprof_top
@@ -80,40 +80,40 @@ def test_find_cpu_hierarchy_v1_then_v2_then_error(tmp_path: Path) -> None:
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     (v1 / "unified").mkdir()
     (v1 / "unified" / "cgroup.controllers").write_text("cpu memory\n")
-    assert cgroupctl.find_cpu_hierarchy(v1) == cgroupctl.CpuHierarchy(1, v1 / "cpu")
+    assert cgroupwriter.find_cpu_hierarchy(v1) == cgroupwriter.CpuHierarchy(1, v1 / "cpu")
 
     v2 = tmp_path / "v2"
     v2.mkdir()
     (v2 / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
-    assert cgroupctl.find_cpu_hierarchy(v2) == cgroupctl.CpuHierarchy(2, v2)
+    assert cgroupwriter.find_cpu_hierarchy(v2) == cgroupwriter.CpuHierarchy(2, v2)
 
     hybrid = tmp_path / "hybrid"
     (hybrid / "unified").mkdir(parents=True)
     (hybrid / "unified" / "cgroup.controllers").write_text("cpu\n")
-    assert cgroupctl.find_cpu_hierarchy(hybrid) == cgroupctl.CpuHierarchy(2, hybrid / "unified")
+    assert cgroupwriter.find_cpu_hierarchy(hybrid) == cgroupwriter.CpuHierarchy(2, hybrid / "unified")
 
     none = tmp_path / "none"
     (none / "unified").mkdir(parents=True)
     (none / "unified" / "cgroup.controllers").write_text("memory pids\n")  # like this machine's v2 side
     with pytest.raises(CgroupError) as e:
-        cgroupctl.find_cpu_hierarchy(none)
+        cgroupwriter.find_cpu_hierarchy(none)
     assert "no cgroup cpu controller" in str(e.value)
     assert "cpu.cfs_quota_us" not in e.value.help and "cgroup v2" in e.value.help
     assert e.value.exit_code != 0
 
 
 def test_limit_files() -> None:
-    assert cgroupctl.v1_limit_files(1.0) == {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}
-    assert cgroupctl.v1_limit_files(None)["cpu.cfs_quota_us"] == "-1"
-    assert cgroupctl.v1_limit_files(0.5, 200_000) == {"cpu.cfs_period_us": "200000", "cpu.cfs_quota_us": "100000"}
-    assert cgroupctl.v2_limit_files(1.0) == {"cpu.max": "100000 100000"}
-    assert cgroupctl.v2_limit_files(None) == {"cpu.max": "max 100000"}
+    assert cgroupwriter.v1_limit_files(1.0) == {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}
+    assert cgroupwriter.v1_limit_files(None)["cpu.cfs_quota_us"] == "-1"
+    assert cgroupwriter.v1_limit_files(0.5, 200_000) == {"cpu.cfs_period_us": "200000", "cpu.cfs_quota_us": "100000"}
+    assert cgroupwriter.v2_limit_files(1.0) == {"cpu.max": "100000 100000"}
+    assert cgroupwriter.v2_limit_files(None) == {"cpu.max": "max 100000"}
 
 
 def test_cgroup_tree_v2_enables_cpu_and_writes_cpu_max(tmp_path: Path) -> None:
     (tmp_path / "cgroup.controllers").write_text("cpu memory\n")
     (tmp_path / "cgroup.subtree_control").write_text("memory\n")
-    tree = cgroupctl.CgroupTree(cgroupctl.CpuHierarchy(2, tmp_path), "node-agent-demo-1")
+    tree = cgroupwriter.CgroupTree(cgroupwriter.CpuHierarchy(2, tmp_path), "node-agent-demo-1")
     tree.create()
     child = tree.child("fixed", 1.0)
     assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu"  # a real cgroupfs merges it
@@ -244,10 +244,10 @@ def test_render_side_by_side_with_gain() -> None:
 # --------------------------------------------------------------------------- the real demo
 
 
-def demo_ready() -> cgroupctl.CpuHierarchy:
+def demo_ready() -> cgroupwriter.CpuHierarchy:
     need_root()
     try:
-        hierarchy = cgroupctl.find_cpu_hierarchy()
+        hierarchy = cgroupwriter.find_cpu_hierarchy()
     except CgroupError as exc:
         missing(exc.describe())
     need(demo.choose_toolchain(find_toolchains()) is not None, "a Go toolchain (run scripts/setup.sh)")
@@ -258,7 +258,7 @@ def demo_ready() -> cgroupctl.CpuHierarchy:
     return hierarchy
 
 
-def leftover_cgroups(hierarchy: cgroupctl.CpuHierarchy) -> list[str]:
+def leftover_cgroups(hierarchy: cgroupwriter.CpuHierarchy) -> list[str]:
     return sorted(p.name for p in hierarchy.root.glob(demo.CGROUP_PREFIX + "*"))
 
 
@@ -274,7 +274,7 @@ def processes_running(exe: Path) -> list[int]:
     return found
 
 
-def check_result(data: dict[str, Any], out: Path, hierarchy: cgroupctl.CpuHierarchy) -> None:
+def check_result(data: dict[str, Any], out: Path, hierarchy: cgroupwriter.CpuHierarchy) -> None:
     bad, good = data["copies"]
     fixed = demo.fixed_gomaxprocs()
     print(
@@ -353,8 +353,8 @@ def _wait_for_load(proc: subprocess.Popen[str], tree: Path, timeout_s: float) ->
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"the demo exited early with {proc.returncode}: {proc.communicate()[1]}")
-        pids = [int(p) for child in ("misconfigured", "fixed", "load") for p in cgroupctl.cgroup_pids(tree / child)]
-        if len(cgroupctl.cgroup_pids(tree / "load")) == 2 and len(pids) == 4:
+        pids = [int(p) for child in ("misconfigured", "fixed", "load") for p in cgroupwriter.cgroup_pids(tree / child)]
+        if len(cgroupwriter.cgroup_pids(tree / "load")) == 2 and len(pids) == 4:
             return pids
         time.sleep(0.1)
     pytest.fail("the demo did not start its load in time")
@@ -387,7 +387,7 @@ def test_signal_mid_run_cleans_up(tmp_path: Path, sig: signal.Signals, status: i
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        cgroupctl.remove_cgroup(tree)  # only does something if the demo failed to (asserted below)
+        cgroupwriter.remove_cgroup(tree)  # only does something if the demo failed to (asserted below)
     assert proc.returncode == status, err
     assert took < 10, f"took {took:.1f}s to stop"
     assert not left_behind

@@ -34,9 +34,9 @@ import pytest
 from agent.analysis.gomaxprocs import Facts, Gomaxprocs, gomaxprocs_address, infer, read_live
 from agent.errors import NodeAgentError, ProcessGoneError
 from agent.gobinary.symbolizer import GoBinary
-from agent.host.cgroupsource import HostCgroups
+from agent.host.cgroupfs import HostCgroups
 from agent.host.procfs import ProcessInfo, ProcFS
-from agent.lab.cgroupctl import in_cgroup
+from agent.lab.cgroupwriter import in_cgroup
 from agent.lab.gotoolchain import GoToolchain, find_toolchains
 from tests.support import gobuild
 from tests.support.capabilities import need

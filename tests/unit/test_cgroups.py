@@ -1,4 +1,4 @@
-"""agent.host.cgroups / agent.host.cgroupparse: parsers on text, committed fixture trees, a fake clock.
+"""agent.host.cgroupfs / agent.host.cgroupmodel: parsers on text, committed fixture trees, a fake clock.
 
 The fixture trees under tests/fixtures/cgroups copy real hosts file for file
 (names as kubelet, systemd, containerd, CRI-O and Docker create them); the
@@ -15,8 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import CgroupError, NodeAgentError
-from agent.host.cgroupparse import V1_CONTROLLERS
-from agent.host.cgroups import (
+from agent.host.cgroupfs import (
     CgroupFS,
     CgroupIdentity,
     Hierarchy,
@@ -34,6 +33,7 @@ from agent.host.cgroups import (
     read_cpu_limit,
     read_throttling,
 )
+from agent.host.cgroupmodel import V1_CONTROLLERS
 from agent.host.cpulist import parse_cpu_list
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "cgroups"

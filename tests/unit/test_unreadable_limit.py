@@ -14,7 +14,7 @@ from agent.analysis.goruntime import Category
 from agent.analysis.pipeline import Pipeline
 from agent.analysis.verdict import Evidence, Verdict, judge
 from agent.gobinary.symbolizer import GoBinary
-from agent.host.cgroupsource import HostCgroups
+from agent.host.cgroupfs import HostCgroups
 from agent.host.procfs import GoEnv, ProcessInfo, ProcessKey, ProcFS
 from tests.support.capabilities import need
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.commands.wiring import build_pipeline
 from agent.gobinary.symbolizer import BinaryCache
-from agent.host.cgroupsource import HostCgroups
+from agent.host.cgroupfs import HostCgroups
 from agent.sampling.sampler import SamplerConfig
 
 AGENT = Path(__file__).parents[2] / "agent"

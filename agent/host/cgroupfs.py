@@ -1,7 +1,7 @@
 """Which container a process is in, its effective CPU limit and its throttling, read from the host's cgroup fs.
 
 Every path is built from a cgroup root given by the caller (``/host/sys/fs/cgroup``
-under ``--host-root /host``); parsing lives in :mod:`agent.host.cgroupparse`, whose
+under ``--host-root /host``); parsing lives in :mod:`agent.host.cgroupmodel`, whose
 names are re-exported here so callers import one module.
 
 Public API::
@@ -17,6 +17,7 @@ Public API::
     read_cpu_limit(h, path) -> CpuLimit                    min over the cgroup and its ancestors
     read_throttling(h, path) -> Throttling | None          cpu.stat counters, in seconds
     parse_proc_cgroup, identify, parse_cpu_max, parse_cfs, parse_cpu_stat  (pure)
+    HostCgroups(host_root).facts(proc_cgroup_text) -> CgroupFacts   the pipeline's view (a CgroupSource)
 
 Errors: a missing or unreadable cgroup *directory* (the process moved or its
 container stopped) and garbled content raise :class:`CgroupError`. A missing
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from agent.errors import CgroupError
-from agent.host.cgroupparse import (
+from agent.host.cgroupmodel import (
     QOS_CLASSES,
     V1_CONTROLLERS,
     CgroupIdentity,
@@ -300,4 +301,50 @@ class CgroupFS:
             throttling=throttling,
             throttling_path=key,
             errors=tuple(errors),
+        )
+
+
+# ---- the pipeline's view -----------------------------------------------------------------------
+# Identity (pod UID, container ID, QoS, readable name) comes from the cgroup path; the effective
+# CPU limit is the minimum over the cgroup and its ancestors, the leaf limit the process's own
+# cgroup's (what Go 1.25 reads); throttling counters are those of the level whose quota is effective.
+
+
+@dataclass(frozen=True)
+class CgroupFacts:
+    """What the pipeline needs to know about one process's cgroup."""
+
+    path: str
+    name: str  # readable: "namespace/pod/container"-free name from the path
+    pod_uid: str | None = None
+    container_id: str | None = None
+    qos: str | None = None
+    effective_limit: float | None = None  # cores, min over the cgroup and its ancestors
+    leaf_limit: float | None = None  # cores, the process's own cgroup (what Go 1.25 reads)
+    throttle: Throttling | None = None
+    throttle_key: str = ""  # which cgroup the counters belong to
+    limit_error: str = ""  # why the CPU limit could not be read (the limits are then None: unknown, not unlimited)
+
+
+class HostCgroups:
+    """CgroupSource over a host's /sys/fs/cgroup (v1, v2 or hybrid)."""
+
+    def __init__(self, host_root: Path = Path("/"), *, ns_root: str = "/") -> None:
+        self.fs = CgroupFS.from_host_root(host_root, ns_root=ns_root)
+
+    def facts(self, proc_cgroup_text: str) -> CgroupFacts:
+        snap = self.fs.snapshot(proc_cgroup_text)
+        ident = snap.identity
+        limit = snap.limit
+        return CgroupFacts(
+            path=ident.path,
+            name=ident.name or ident.path,
+            pod_uid=ident.pod_uid,
+            container_id=ident.container_id,
+            qos=ident.qos,
+            effective_limit=limit.cores if limit is not None else None,
+            leaf_limit=limit.leaf if limit is not None else None,
+            throttle=snap.throttling,
+            throttle_key=snap.throttling_path or "",
+            limit_error="" if limit is not None else next((e for e in snap.errors if e.startswith("cpu limit")), ""),
         )

@@ -1,6 +1,6 @@
 """Creating, limiting and removing cgroups: what the demo, the tests and the benchmarks do to a machine.
 
-The agent itself only reads cgroups (``cgroups.py``); this module writes them,
+The agent itself only reads cgroups (``agent/host/cgroupfs.py``); this module writes them,
 for the programs that run Go services under a real CPU quota. Removal is
 "kill what is inside, children first, then rmdir, retrying while the kernel
 lets go", so every exit path can leave the machine as it found it; trees

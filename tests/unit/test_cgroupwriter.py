@@ -1,11 +1,11 @@
-"""agent.lab.cgroupctl.in_cgroup: the child joins its cgroup before exec, or exits JOIN_FAILED (no root needed)."""
+"""agent.lab.cgroupwriter.in_cgroup: the child joins its cgroup before exec, or exits JOIN_FAILED (no root needed)."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
-from agent.lab.cgroupctl import JOIN_FAILED, in_cgroup
+from agent.lab.cgroupwriter import JOIN_FAILED, in_cgroup
 
 
 def test_no_cgroup_leaves_the_command_alone() -> None:

@@ -1,6 +1,6 @@
 """Pure cgroup parsing: text in, plain data out; no file is opened here.
 
-:mod:`agent.host.cgroups` does the I/O and re-exports everything below. Parsers
+:mod:`agent.host.cgroupfs` does the I/O and re-exports everything below. Parsers
 raise :class:`~agent.errors.CgroupError` for content the kernel would never
 write (garbage, a zero period) and return ``None`` where "no value" is a real
 state of the kernel (``max`` quota, no bandwidth counters on this cgroup).
