@@ -361,7 +361,7 @@ def _profile(
     The sampler compiles and attaches first so that none of that time eats into
     the load; the window opens after the warm-up and closes before the load ends.
     """
-    from agent.commands.scan import collect  # noqa: PLC0415
+    from agent.commands.scan import collect_shown  # noqa: PLC0415
     from agent.commands.wiring import build_pipeline  # noqa: PLC0415
     from agent.sampling.sampler import Sampler  # noqa: PLC0415
 
@@ -394,26 +394,7 @@ def _profile(
         # Reading the warm-up's samples can take a while on a saturated machine; the window
         # is already open, so it counts against the duration.
         left = max(0.0, cfg.duration_s - (time.monotonic() - start))
-        if cfg.progress and sys.stderr.isatty():
-            from rich.console import Console  # noqa: PLC0415
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
-
-            with Progress(
-                TextColumn("profiling at {task.fields[hz]} Hz"),
-                BarColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            ) as progress:
-                task = progress.add_task("demo", total=left, hz=cfg.frequency_hz)
-
-                def show(t: float) -> None:
-                    check_alive()
-                    progress.update(task, completed=t)
-
-                drain = collect(sampler, left, show)
-        else:
-            drain = collect(sampler, left, tick)
+        drain = collect_shown(sampler, left, cfg.frequency_hz, progress=cfg.progress, tick=tick)
         end = time.monotonic()
     # Flip to flip: what the samples cover. A drain that is slow on a busy machine
     # happens after its flip, so it must not count into the window.

@@ -68,6 +68,33 @@ def collect(sampler: Sampler, duration_s: float, tick: Callable[[float], None]) 
     return merge(drains)
 
 
+def collect_shown(
+    sampler: Sampler,
+    duration_s: float,
+    frequency_hz: int,
+    *,
+    progress: bool,
+    tick: Callable[[float], None] = lambda _t: None,
+) -> DrainResult:
+    """:func:`collect` with a progress bar when stderr is a terminal (scan and demo); ``tick`` runs either way."""
+    if not (progress and sys.stderr.isatty()):
+        return collect(sampler, duration_s, tick)
+    with Progress(
+        TextColumn("profiling every CPU at {task.fields[hz]} Hz"),
+        BarColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("profile", total=duration_s, hz=frequency_hz)
+
+        def show(t: float) -> None:
+            tick(t)
+            bar.update(task, completed=t)
+
+        return collect(sampler, duration_s, show)
+
+
 def run_scan(cfg: ScanConfig, *, kube: KubeSource | None = None) -> ScanResult:
     wiring = build_pipeline(
         cfg.frequency_hz, cfg.host_root, kernel_headers=cfg.kernel_headers, cache_dir=cfg.cache_dir, kube=kube
@@ -77,18 +104,7 @@ def run_scan(cfg: ScanConfig, *, kube: KubeSource | None = None) -> ScanResult:
         sampler.drain()  # start the window now, after attaching: nothing from the set-up
         start = time.monotonic()
         pipeline.begin_window()
-        if cfg.progress and sys.stderr.isatty():
-            with Progress(
-                TextColumn("profiling every CPU at {task.fields[hz]} Hz"),
-                BarColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            ) as progress:
-                task = progress.add_task("scan", total=cfg.duration_s, hz=cfg.frequency_hz)
-                drain = collect(sampler, cfg.duration_s, lambda t: progress.update(task, completed=t))
-        else:
-            drain = collect(sampler, cfg.duration_s, lambda _t: None)
+        drain = collect_shown(sampler, cfg.duration_s, cfg.frequency_hz, progress=cfg.progress)
         end = time.monotonic()
     result = pipeline.run(drain, frequency_hz=cfg.frequency_hz, duration_s=end - start)
     result.window = (start, end)
