@@ -60,7 +60,7 @@ RUN python3 -m venv "$VIRTUAL_ENV" \
 ENV PATH="$VIRTUAL_ENV/bin:$PATH"
 
 # Runtime dependencies first (a layer that survives source changes), pinned to versions that
-# satisfy pyproject.toml; tests/test_deploy.py checks that they still do.
+# satisfy pyproject.toml; tests/unit/test_deploy.py checks that they still do.
 # A build that needs a private package index passes its pip.conf (and that index's CA) as build
 # secrets: mounted for this one step, never written to a layer. Without them pip uses PyPI.
 RUN --mount=type=secret,id=pip.conf,required=false \

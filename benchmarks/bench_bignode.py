@@ -46,16 +46,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_sampler import bpf_prog_runtime, bpf_stats_enabled, proc_memory_kb
-from bench_soak import Agent, percentile
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.analysis.goruntime import Category
-from agent.lab import cgroupctl
+from agent.lab import cgroupwriter
 from agent.lab.gotoolchain import find_toolchains
-from tests import perfstacks
-from tests.gobuild import build_matrix, build_one
-from tests.workloads import build_demo
+from benchmarks.bench_sampler import bpf_prog_runtime, bpf_stats_enabled
+from benchmarks.bench_soak import Agent, percentile
+from benchmarks.common import memory_kib
+from tests.support import perfstacks
+from tests.support.gobuild import build_matrix, build_one
+from tests.support.workloads import build_demo
 
 REPO = Path(__file__).resolve().parent.parent
 V1_CPU = Path("/sys/fs/cgroup/cpu")
@@ -93,8 +94,8 @@ class Node:
         self.env = {k: v for k, v in os.environ.items() if k not in ("GOMAXPROCS", "GODEBUG", "GOGC")}
 
     def cgroup(self, name: str, cores: float | None) -> Path:
-        path = cgroupctl.make_cgroup(V1_CPU / f"{PREFIX}{name}-{os.getpid()}")
-        cgroupctl.set_limit(path, 1, cores)
+        path = cgroupwriter.make_cgroup(V1_CPU / f"{PREFIX}{name}-{os.getpid()}")
+        cgroupwriter.set_limit(path, 1, cores)
         self.cgroups.append(path)
         return path
 
@@ -133,7 +134,7 @@ class Node:
                 p.stdin.close()
         self.procs.clear()
         for cg in reversed(self.cgroups):
-            problem = cgroupctl.remove_cgroup(cg)
+            problem = cgroupwriter.remove_cgroup(cg)
             if problem:
                 print(f"bench_bignode: {problem}", file=sys.stderr)
         self.cgroups.clear()
@@ -225,7 +226,7 @@ def pathgen(node: Node, binary: Path, paths: int, w: Workloads) -> Iterator[int]
         proc.wait(10)
         node.procs.remove(proc)
         node.cgroups.remove(cg)
-        cgroupctl.remove_cgroup(cg)
+        cgroupwriter.remove_cgroup(cg)
 
 
 # ---- one measured run -------------------------------------------------------------------------
@@ -307,7 +308,7 @@ def measure(label: str, source: Path, paths: int, rate: int, args: argparse.Name
         after, bpf_after = scrape(agent), bpf_prog_runtime(agent.pid)
         perf.send_signal(2)
         perf.wait(60)
-        hwm_kib, _ = proc_memory_kb(agent.pid)
+        hwm_kib, _ = memory_kib(agent.pid)
         measured = agent.cycles[start_cycle:]
         work = [max(0.0, c.logged_s - args.interval) for c in measured]
         wall = last.at - first.at
@@ -405,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("bench_bignode: needs root (BPF, perf, cgroups)")
-    for stale in cgroupctl.remove_stale(V1_CPU, PREFIX):
+    for stale in cgroupwriter.remove_stale(V1_CPU, PREFIX):
         _progress(f"removed stale {stale}")
     paths_list = [int(x) for x in args.paths.split(",")]
     rates = [int(x) for x in args.rates.split(",")]

@@ -50,32 +50,38 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from agent.cachedir import cache_dir
 from agent.errors import NodeAgentError
-from agent.lab.gotoolchain import GoToolchain, build_program, cache_dir, find_toolchain, source_hash
+from agent.lab.gotoolchain import GoToolchain, build_program, find_toolchain, source_hash
+from agent.shutdown import Terminated, raising_signals
+from benchmarks.common import (
+    REPO,
+    AgentCounters,
+    agent_argv,
+    cpu_seconds,
+    free_port,
+    http_get,
+    machine_ticks,
+    memory_kib,
+    parse_metrics,
+    stop_group,
+)
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 WORKLOAD_SRC = HERE / "workload"
 CONFIGS = ("alone", "agent", "perf")
 TARGET_SLOWDOWN_PCT = 1.0
 TARGET_AGENT_CPU_PCT = 1.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PR_SET_PDEATHSIG = 1
 
 
@@ -106,14 +112,6 @@ def build_workload(tc: GoToolchain) -> Path:
 
 
 # ---- /proc readings ---------------------------------------------------------------------------
-
-
-def proc_cpu_seconds(pid: int, proc: Path = Path("/proc")) -> float:
-    """utime+stime of every thread of ``pid`` (live and exited), plus reaped children, in seconds."""
-    text = (proc / str(pid) / "stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()  # fields[0] is field 3 (state) of proc(5)
-    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
-    return (utime + stime + cutime + cstime) / CLK_TCK
 
 
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
@@ -153,31 +151,6 @@ def bpf_stats_enabled() -> Iterator[bool]:
             BPF_STATS.write_text(old)
 
 
-def proc_memory_kb(pid: int, proc: Path = Path("/proc")) -> tuple[int, int]:
-    """(VmHWM, VmRSS) in KiB."""
-    values = {"VmHWM": 0, "VmRSS": 0}
-    for line in (proc / str(pid) / "status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in values:
-            values[key] = int(rest.split()[0])
-    return values["VmHWM"], values["VmRSS"]
-
-
-@dataclass(frozen=True)
-class MachineCPU:
-    busy_s: float  # user+nice+system+irq+softirq over all CPUs (guest time is inside user)
-    steal_s: float
-
-
-def machine_cpu(proc: Path = Path("/proc")) -> MachineCPU:
-    for line in (proc / "stat").read_text().splitlines():
-        if line.startswith("cpu "):
-            v = [int(x) for x in line.split()[1:]]
-            user, nice, system, _idle, _iowait, irq, softirq, steal = v[:8]
-            return MachineCPU((user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK)
-    raise BenchError("no cpu line in /proc/stat")
-
-
 # ---- child processes --------------------------------------------------------------------------
 
 
@@ -209,36 +182,6 @@ def spawn(
     )
 
 
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace_s: float = 60.0) -> None:
-    """Signal the process, wait for it, then kill whatever is left of its process group."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return int(resp.status), resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-    except (urllib.error.URLError, OSError) as exc:
-        return 0, str(exc)
-
-
 # ---- the workload -----------------------------------------------------------------------------
 
 
@@ -258,7 +201,7 @@ def run_workload(binary: Path, seconds: float, threads: int) -> WorkloadResult:
     try:
         out, err = proc.communicate(timeout=seconds + 60)
     finally:
-        stop(proc, signal.SIGKILL, 5)
+        stop_group(proc, signal.SIGKILL, 5)
     if proc.returncode != 0:
         raise BenchError(f"workload exited with {proc.returncode}: {err.decode(errors='replace')}")
     r = json.loads(out)
@@ -268,34 +211,6 @@ def run_workload(binary: Path, seconds: float, threads: int) -> WorkloadResult:
 
 
 # ---- the tools --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AgentCounters:
-    samples: int
-    lost: dict[str, int]
-    cycles: int
-    cycle_seconds: float
-    errors: dict[str, int]
-
-
-def parse_agent_metrics(text: str) -> AgentCounters:
-    samples, cycles, cycle_s = 0, 0, 0.0
-    lost: dict[str, int] = {}
-    errors: dict[str, int] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "node_agent_samples_total":
-                samples = int(s.value)
-            elif s.name == "node_agent_samples_lost_total":
-                lost[s.labels["reason"]] = int(s.value)
-            elif s.name == "node_agent_errors_total":
-                errors[s.labels["kind"]] = int(s.value)
-            elif s.name == "node_agent_cycle_duration_seconds_count":
-                cycles = int(s.value)
-            elif s.name == "node_agent_cycle_duration_seconds_sum":
-                cycle_s = float(s.value)
-    return AgentCounters(samples, lost, cycles, cycle_s, errors)
 
 
 def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
@@ -341,7 +256,7 @@ class Tool:
 
     def finish(self, wall_s: float, cpu_s: float, before: Any, after: Any) -> ToolStats:
         assert self.proc is not None
-        hwm, rss = proc_memory_kb(self.proc.pid)
+        hwm, rss = memory_kib(self.proc.pid)
         return ToolStats(self.proc.pid, wall_s, cpu_s, hwm, rss)
 
     def stop(self) -> None:
@@ -385,13 +300,7 @@ class Agent(Tool):
         self.ready_s: float | None = None
 
     def command(self, port: int | str) -> list[str]:
-        return [
-            sys.executable, "-m", "agent", "run",
-            "--interval", f"{self.interval_s:g}",
-            "--no-kubernetes",
-            "--listen", f"127.0.0.1:{port}",
-            "--frequency", str(self.frequency),
-        ]  # fmt: skip
+        return agent_argv(port, self.interval_s, self.frequency)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -402,7 +311,7 @@ class Agent(Tool):
             time.sleep(1)  # a dying agent drops the connection before it is reaped
             self.alive()
             raise BenchError(f"agent /metrics answered {status}: {body[:200]}")
-        return parse_agent_metrics(body)
+        return parse_metrics(body)
 
     def start(self) -> None:
         self.port = free_port()
@@ -444,7 +353,7 @@ class Agent(Tool):
                 mark = time.monotonic()
             time.sleep(max(0.0, mark + self.phase_s - time.monotonic()))
         finally:
-            stop(filler, signal.SIGKILL, 5)
+            stop_group(filler, signal.SIGKILL, 5)
         self.alive()
 
     def snapshot(self) -> AgentCounters:
@@ -467,7 +376,7 @@ class Agent(Tool):
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop(self.proc, signal.SIGTERM, 60)
+            stop_group(self.proc, signal.SIGTERM, 60)
 
     def log_tail(self) -> str:
         try:
@@ -517,7 +426,7 @@ class Perf(Tool):
         if self.proc is None:
             return
         self.ran_s = time.monotonic() - self.started
-        stop(self.proc, signal.SIGINT, 120)
+        stop_group(self.proc, signal.SIGINT, 120)
         m = re.search(r"\((\d+) samples\)", self.log_tail())
         self.samples = int(m.group(1)) if m else None
         self.data.unlink(missing_ok=True)
@@ -572,12 +481,12 @@ def run_window(config: str, rnd: int, args: argparse.Namespace, workload: Path, 
             tool.start()
             tool.before_window()
         snap0 = tool.snapshot() if tool else None
-        tool_cpu0 = proc_cpu_seconds(tool.proc.pid) if tool and tool.proc else 0.0
+        tool_cpu0 = cpu_seconds(tool.proc.pid) if tool and tool.proc else 0.0
         bpf0 = bpf_prog_runtime(tool.proc.pid) if isinstance(tool, Agent) and tool.proc else (0.0, 0)
-        m0, t0 = machine_cpu(), time.monotonic()
+        m0, t0 = machine_ticks(), time.monotonic()
         wl = run_workload(workload, args.seconds, args.threads)
-        m1, t1 = machine_cpu(), time.monotonic()
-        tool_cpu1 = proc_cpu_seconds(tool.proc.pid) if tool and tool.proc else 0.0
+        m1, t1 = machine_ticks(), time.monotonic()
+        tool_cpu1 = cpu_seconds(tool.proc.pid) if tool and tool.proc else 0.0
         bpf1 = bpf_prog_runtime(tool.proc.pid) if isinstance(tool, Agent) and tool.proc else (0.0, 0)
         stats = None
         if tool is not None:
@@ -808,9 +717,9 @@ def wait_quiet(max_wait_s: float, quiet_pct: float, sample_s: float = 2.0) -> fl
     ncpu = os.cpu_count() or 1
     deadline = time.monotonic() + max_wait_s
     while True:
-        m0 = machine_cpu()
+        m0 = machine_ticks()
         time.sleep(sample_s)
-        busy = 100.0 * (machine_cpu().busy_s - m0.busy_s) / sample_s / ncpu
+        busy = 100.0 * (machine_ticks().busy_s - m0.busy_s) / sample_s / ncpu
         if busy < quiet_pct or time.monotonic() >= deadline:
             return busy
 
@@ -819,20 +728,6 @@ def order(rnd: int) -> tuple[str, ...]:
     """Rotate the configurations each round: every one runs first, second and third equally often."""
     k = rnd % len(CONFIGS)
     return CONFIGS[k:] + CONFIGS[:k]
-
-
-@contextlib.contextmanager
-def terminate_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit so the finally blocks stop our children."""
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -889,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
     windows: list[Window] = []
     crashes: list[dict[str, Any]] = []
     try:
-        with terminate_as_exit(), bpf_stats_enabled(), tempfile.TemporaryDirectory(prefix="bench_sampler.") as tmp:
+        with raising_signals(), bpf_stats_enabled(), tempfile.TemporaryDirectory(prefix="bench_sampler.") as tmp:
             workload = build_workload(tc)
             workdir = Path(tmp)
             for rnd in range(args.rounds):
@@ -932,6 +827,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench_sampler: {exc}", file=sys.stderr)
         return 1
+    except Terminated as exc:
+        print(f"bench_sampler: {exc}; its children were stopped", file=sys.stderr)
+        return exc.exit_code
     summary = summarize(windows, args)
     if args.json:
         print(json.dumps({"meta": meta, "summary": summary, "windows": [asdict(w) for w in windows]}, indent=2))

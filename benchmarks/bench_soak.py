@@ -37,30 +37,34 @@ import re
 import resource
 import select
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 
-from prometheus_client.parser import text_string_to_metric_families
+from agent.errors import NodeAgentError
+from agent.lab import cgroupwriter
+from agent.shutdown import Terminated, raising_signals
+from benchmarks.common import (
+    CLK_TCK,
+    REPO,
+    agent_argv,
+    cpu_ticks,
+    free_port,
+    http_get,
+    machine_ticks,
+    parse_metrics,
+    status_kib,
+)
 
-from agent.lab import cgroupctl
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 V1_CPU = Path("/sys/fs/cgroup/cpu")
 CGROUP_PREFIX = "node-agent-soak-"
 CYCLE_RE = re.compile(r"cycle (\d+): (\d+) Go processes, ([0-9.]+)s")
 LOG_PROBLEM_RE = re.compile(r"\b(ERROR|WARNING|CRITICAL)\b|^Traceback")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
 
 
@@ -79,30 +83,9 @@ def parse_cycle(line: str) -> tuple[int, int, float] | None:
     return int(m.group(1)), int(m.group(2)), float(m.group(3))
 
 
-def cpu_ticks(stat_text: str) -> int:
-    """utime + stime from /proc/PID/stat (fields 14 and 15; comm may contain spaces)."""
-    fields = stat_text[stat_text.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
-
-
 def schedstat_wait_ns(schedstat_text: str) -> int:
     """Time spent runnable but waiting for a CPU, from /proc/PID/task/TID/schedstat (its second field)."""
     return int(schedstat_text.split()[1])
-
-
-def vmrss_kib(status_text: str) -> int:
-    for line in status_text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise ValueError("no VmRSS line (a kernel thread or a zombie?)")
-
-
-def machine_busy_ticks(proc_stat_text: str) -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs from /proc/stat's first line."""
-    values = [int(v) for v in proc_stat_text.splitlines()[0].split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    total = sum(values[:8])  # guest time is already inside user/nice
-    return total - idle, total
 
 
 def slope_per_hour(points: Sequence[tuple[float, float]]) -> float | None:
@@ -126,40 +109,6 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * q // 100))  # ceil(n*q/100)
     return ordered[min(len(ordered), int(rank)) - 1]
-
-
-@dataclass
-class MetricsSnapshot:
-    samples_total: float = 0.0
-    lost: dict[str, float] = field(default_factory=dict)
-    errors: dict[str, float] = field(default_factory=dict)
-    cycle_count: float = 0.0
-    cycle_sum_s: float = 0.0
-    containers: set[str] = field(default_factory=set)
-    go_versions: set[str] = field(default_factory=set)
-    bpf_up: float | None = None
-
-
-def parse_metrics(text: str) -> MetricsSnapshot:
-    snap = MetricsSnapshot()
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "node_agent_samples_total":
-                snap.samples_total = s.value
-            elif s.name == "node_agent_samples_lost_total":
-                snap.lost[s.labels.get("reason", "")] = s.value
-            elif s.name == "node_agent_errors_total":
-                snap.errors[s.labels.get("kind", "")] = s.value
-            elif s.name == "node_agent_cycle_duration_seconds_count":
-                snap.cycle_count = s.value
-            elif s.name == "node_agent_cycle_duration_seconds_sum":
-                snap.cycle_sum_s = s.value
-            elif s.name == "node_agent_bpf_up":
-                snap.bpf_up = s.value
-            elif s.name == "node_agent_go_info":
-                snap.containers.add("/".join(s.labels.get(k, "") for k in ("namespace", "pod", "container")))
-                snap.go_versions.add(s.labels.get("go_version", ""))
-    return snap
 
 
 # ---- the result --------------------------------------------------------------------------------
@@ -264,10 +213,10 @@ class SoakResult:
     cycles: CycleReport
     cpu: CPUReport
     samples_total: float
-    samples_lost: dict[str, float]
+    samples_lost: dict[str, int]
     samples_lost_total: float
     lost_fraction: float | None
-    errors: dict[str, float]
+    errors: dict[str, int]
     workloads: WorkloadReport
     agent: AgentReport
 
@@ -339,8 +288,8 @@ class Binary:
 
 def build_binaries() -> list[Binary]:
     from agent.lab.gotoolchain import find_toolchains
-    from tests.gobuild import build_matrix
-    from tests.workloads import build_demo
+    from tests.support.gobuild import build_matrix
+    from tests.support.workloads import build_demo
 
     toolchains = find_toolchains()
     if not toolchains:
@@ -355,14 +304,14 @@ def build_binaries() -> list[Binary]:
 
 
 def remove_cgroup(path: Path) -> None:
-    problem = cgroupctl.remove_cgroup(path)
+    problem = cgroupwriter.remove_cgroup(path)
     if problem:
         print(f"bench_soak: {problem}", file=sys.stderr)
 
 
 def sweep_stale_cgroups(root: Path = V1_CPU) -> list[str]:
     """Remove soak cgroups whose harness is gone (a SIGKILLed earlier run); the problems, if any."""
-    return cgroupctl.remove_stale(root, CGROUP_PREFIX)
+    return cgroupwriter.remove_stale(root, CGROUP_PREFIX)
 
 
 class SoakCgroups:
@@ -385,7 +334,7 @@ class SoakCgroups:
             raise SoakError(f"cannot create a v1 cpu cgroup under {self.root.parent} ({exc}); run as root") from exc
 
     def _limit(self, path: Path, cores: float | None) -> None:
-        cgroupctl.set_limit(path, 1, cores, self.period_us)
+        cgroupwriter.set_limit(path, 1, cores, self.period_us)
 
     def child(self, name: str, cores: float) -> Path:
         path = self.root / name
@@ -408,12 +357,6 @@ class SoakCgroups:
 
 
 # ---- the workload fleet ------------------------------------------------------------------------
-
-
-# A workload starts as `sh` in the harness's own (unthrottled) cgroup, is moved into its cgroup,
-# then released to exec the Go binary: the Go runtime starts inside the cgroup (its GOMAXPROCS
-# default may read the quota), and the harness never waits on a child that runs throttled.
-LAUNCHER = 'read -r _ && exec "$0" "$@"'
 
 
 def try_rmdir(path: Path) -> bool:
@@ -446,7 +389,6 @@ class Workload:
         return self.started + self.lifetime_s + 60.0
 
 
-
 def _kill(w: Workload) -> None:
     """Close its ready pipe and SIGKILL its process groups; the reaping is left to the caller."""
     if w.ready_fd is not None:
@@ -456,6 +398,7 @@ def _kill(w: Workload) -> None:
         if p.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
+
 
 class Fleet:
     """Keeps ``target`` Go processes alive, each a random lifetime, each replaced by a different binary.
@@ -519,10 +462,12 @@ class Fleet:
         if w.gomaxprocs is not None:
             env["GOMAXPROCS"] = str(w.gomaxprocs)
         t = time.monotonic()
+        # Joins its cgroup before exec (the Go runtime starts inside it, its GOMAXPROCS default may read
+        # the quota); the harness never waits on a child that runs throttled. Exit 125: could not join.
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", LAUNCHER, *argv],
+            cgroupwriter.in_cgroup(argv, w.cgroup),
             env=env,
-            stdin=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             process_group=0,
@@ -530,12 +475,6 @@ class Fleet:
         )
         w.procs.append(proc)
         self.pids.add(proc.pid)
-        assert proc.stdin is not None
-        try:
-            (w.cgroup / "cgroup.procs").write_text(str(proc.pid))
-            proc.stdin.write(b"go\n")
-        finally:
-            proc.stdin.close()  # without the line, sh's read fails and it exits: never runs outside its cgroup
         self.spawn_s.append(time.monotonic() - t)
 
     def _start(self, exclude: Binary | None) -> None:
@@ -662,27 +601,13 @@ class CycleObs:
     cpu_ticks: int  # agent utime+stime then
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class Agent:
     """`python -m agent run` in its own session, its log followed incrementally."""
 
     def __init__(self, log_path: Path, interval_s: float, frequency_hz: int, source: Path = REPO) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.source = source
-        self.argv = [
-            sys.executable, "-m", "agent", "run",
-            "--interval", f"{interval_s:g}",
-            "--frequency", str(frequency_hz),
-            "--no-kubernetes",
-            "--listen", f"127.0.0.1:{self.port}",
-            "--log-level", "debug",
-        ]  # fmt: skip
+        self.argv = agent_argv(self.port, interval_s, frequency_hz, "--log-level", "debug")
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
@@ -746,27 +671,15 @@ class Agent:
 
     def cpu_ticks(self) -> int:
         try:
-            return cpu_ticks(Path(f"/proc/{self.pid}/stat").read_text())
-        except (OSError, ValueError):
+            return cpu_ticks(self.pid)
+        except (OSError, NodeAgentError):
             return self.cycles[-1].cpu_ticks if self.cycles else 0
 
     def rss_kib(self, field_name: str = "VmRSS") -> int:
-        text = Path(f"/proc/{self.pid}/status").read_text()
-        if field_name == "VmRSS":
-            return vmrss_kib(text)
-        for line in text.splitlines():
-            if line.startswith(f"{field_name}:"):
-                return int(line.split()[1])
-        raise ValueError(f"no {field_name} in /proc/{self.pid}/status")
+        return status_kib(Path(f"/proc/{self.pid}/status").read_text(), field_name)
 
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as resp:
-                return int(resp.status), resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode(errors="replace")
-        except (urllib.error.URLError, OSError):
-            return 0, ""
+        return http_get(f"http://127.0.0.1:{self.port}{path}", timeout)
 
     def stop(self) -> None:
         """SIGTERM (the daemon detaches BPF and exits), then SIGKILL the whole session if it lingers."""
@@ -824,7 +737,8 @@ def _progress(msg: str) -> None:
 
 
 def _proc_stat() -> tuple[int, int]:
-    return machine_busy_ticks(Path("/proc/stat").read_text())
+    m = machine_ticks()
+    return m.busy, m.total
 
 
 def _wait(what: str, done: Callable[[], bool], timeout_s: float, agent: Agent, fleet: Fleet) -> None:
@@ -975,7 +889,7 @@ def run_soak(opts: Options, command: str) -> SoakResult:
             first_cycle_logged_s=first,
             logged_s=Stats.of(logged),
             work_s=Stats.of([max(0.0, v - opts.interval_s) for v in logged]),
-            histogram_mean_s=final.cycle_sum_s / final.cycle_count if final.cycle_count else None,
+            histogram_mean_s=final.cycle_seconds / final.cycles if final.cycles else None,
             go_processes=Stats.of([float(c.go_processes) for c in steady]),
         ),
         cpu=CPUReport(
@@ -988,10 +902,10 @@ def run_soak(opts: Options, command: str) -> SoakResult:
             harness_cpu_s=(harness_cpu1.ru_utime + harness_cpu1.ru_stime)
             - (harness_cpu0.ru_utime + harness_cpu0.ru_stime),
         ),
-        samples_total=final.samples_total,
+        samples_total=final.samples,
         samples_lost=final.lost,
         samples_lost_total=lost_total,
-        lost_fraction=lost_total / (final.samples_total + lost_total) if final.samples_total + lost_total else None,
+        lost_fraction=lost_total / (final.samples + lost_total) if final.samples + lost_total else None,
         errors=final.errors,
         workloads=WorkloadReport(
             processes_started=len(fleet.pids),
@@ -1019,22 +933,6 @@ def run_soak(opts: Options, command: str) -> SoakResult:
             go_versions_seen=sorted(go_versions),
         ),
     )
-
-
-@contextlib.contextmanager
-def _terminate_raises() -> Iterator[None]:
-    """SIGTERM/SIGHUP unwind like Ctrl-C, so every finally: cleans up."""
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    wanted = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
-    old = {s: signal.signal(s, handler) for s in wanted}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def _positive(text: str) -> float:
@@ -1089,14 +987,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     command = " ".join([".venv/bin/python", "benchmarks/bench_soak.py", *(sys.argv[1:] if argv is None else argv)])
     try:
-        with _terminate_raises():
+        with raising_signals():
             result = run_soak(opts, command)
     except SoakError as exc:
         print(f"bench_soak: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         print("bench_soak: interrupted; everything it started was removed", file=sys.stderr)
-        return 130
+        return exc.exit_code if isinstance(exc, Terminated) else 130
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(asdict(result), indent=2) + "\n")
     if args.json:

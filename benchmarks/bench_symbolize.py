@@ -21,8 +21,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from agent.cachedir import cache_dir
 from agent.gobinary.symbolizer import GoBinary
-from agent.lab.gotoolchain import cache_dir, find_toolchain
+from agent.lab.gotoolchain import find_toolchain
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -8,5 +8,5 @@ PY="$ROOT/.venv/bin"
 echo "== ruff";  "$PY/ruff" check agent tests benchmarks
 echo "== mypy";  "$PY/mypy"
 echo "== pytest"
-# Under CI=true a "capability missing" skip is a failure (tests/conftest.py).
+# Under CI=true a "capability missing" skip is a failure (tests/support/capabilities.py).
 exec "$PY/python" -m pytest "$@"

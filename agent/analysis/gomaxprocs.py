@@ -33,18 +33,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from agent.errors import NodeAgentError
-from agent.gobinary import amd64, arm64
-from agent.gobinary.symbolizer import GoBinary
 
-SHF_WRITE = 0x1
-SHF_EXECINSTR = 0x4
-# Per e_machine: the link-time addresses a function's code loads 32-bit values from.
-_INT32_LOADS: dict[str, Callable[[bytes, int], list[int]]] = {
-    "EM_X86_64": amd64.int32_loads,
-    "EM_AARCH64": arm64.int32_loads,
-}
 MAX_PLAUSIBLE = 1 << 16  # Go caps nothing this high in practice; guards against garbage reads
 _GO_INT = re.compile(r"-?[0-9]*")  # Go's runtime atoi: optional '-', ASCII digits, nothing else
+_GO_PARSEINT = re.compile(r"[+-]?[0-9]+")  # strconv.ParseInt(s, 10, _): optional sign, at least one digit
+PARSEINT_SINCE = (1, 26, 0)  # runtime/proc.go schedinit reads GOMAXPROCS with strconv.ParseInt from go1.26
 
 
 class GomaxprocsSource(StrEnum):
@@ -78,21 +71,6 @@ class Facts:
     effective_limit: float | None  # cores, min over the cgroup and its ancestors
 
 
-def parse_godebug(text: str | None) -> dict[str, str]:
-    """GODEBUG "a=1,b=2" -> {"a": "1", "b": "2"}; later settings win, as in Go."""
-    out: dict[str, str] = {}
-    for item in (text or "").split(","):
-        key, sep, value = item.strip().partition("=")
-        if sep and key:
-            out[key] = value
-    return out
-
-
-def godebug_setting(key: str, env: str | None, default: str) -> str | None:
-    """The effective value: the environment overrides the binary's DefaultGODEBUG."""
-    return parse_godebug(env).get(key, parse_godebug(default).get(key))
-
-
 def go_atoi32(text: str) -> int | None:
     """The runtime's strconv.Atoi32: no spaces, no '+', ASCII digits only, must fit an
     int32 (leading zeros allowed, and a lone "-" is 0, as in Go)."""
@@ -107,9 +85,24 @@ def go_atoi32(text: str) -> int | None:
     return n if -(1 << 31) <= n < (1 << 31) else None
 
 
-def parse_env_gomaxprocs(text: str | None) -> int | None:
-    """Go's rule (schedinit): a positive int32 applies, anything else is ignored."""
-    n = None if text is None else go_atoi32(text)
+def go_parseint32(text: str) -> int | None:
+    """strconv.ParseInt(text, 10, 32): like atoi32, but a leading '+' is allowed and a lone sign is not."""
+    if _GO_PARSEINT.fullmatch(text) is None:
+        return None
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > 10:
+        return None
+    n = -int(digits or "0") if text.startswith("-") else int(digits or "0")
+    return n if -(1 << 31) <= n < (1 << 31) else None
+
+
+def parse_env_gomaxprocs(text: str | None, go_version: tuple[int, int, int] | None) -> int | None:
+    """Go's rule (schedinit): a positive int32 applies, anything else is ignored; parsed as that
+    version parses it (an unknown version: the older, stricter parser)."""
+    if text is None:
+        return None
+    newer = go_version is not None and go_version >= PARSEINT_SINCE
+    n = go_parseint32(text) if newer else go_atoi32(text)
     return n if n is not None and n > 0 else None
 
 
@@ -133,7 +126,7 @@ def go125_default(affinity_cpus: int, leaf_limit: float | None) -> int:
 
 
 def infer(f: Facts) -> Gomaxprocs:
-    env = parse_env_gomaxprocs(f.env_gomaxprocs)
+    env = parse_env_gomaxprocs(f.env_gomaxprocs, f.go_version)
     if env is not None:
         return Gomaxprocs(env, GomaxprocsSource.ENV, f"GOMAXPROCS={env} in the environment")
     if f.automaxprocs and f.env_gomaxprocs is None:
@@ -152,32 +145,6 @@ def infer(f: Facts) -> Gomaxprocs:
 
 
 # ---- live ------------------------------------------------------------------------------------
-
-
-def gomaxprocs_address(binary: GoBinary) -> tuple[int, str] | None:
-    """Link-time address of ``runtime.gomaxprocs`` and how it was found."""
-    sym = binary.image.symbol("runtime.gomaxprocs")
-    if sym is not None and sym[0]:
-        return sym[0], "symbol"
-    decode = _INT32_LOADS.get(binary.image.machine)
-    if decode is None:
-        return None
-    rec = binary.table.find_function("runtime.GOMAXPROCS")
-    if rec is None:
-        return None
-    code = binary.image.read(rec.entry, min(rec.end - rec.entry, 512))
-    for target in decode(code, rec.entry):
-        if _writable_data(binary, target):
-            return target, "code of runtime.GOMAXPROCS"
-    return None
-
-
-def _writable_data(binary: GoBinary, addr: int) -> bool:
-    """In a writable, non-executable section (where Go keeps its globals)."""
-    for sec in binary.image.sections:
-        if sec.contains_addr(addr) and sec.flags & SHF_WRITE and not sec.flags & SHF_EXECINSTR:
-            return True
-    return False
 
 
 def read_live(read: Callable[[int, int], bytes], runtime_addr: int) -> int:

@@ -103,7 +103,7 @@ class OtherSummary:
 class ScanResult:
     duration_s: float
     frequency_hz: int
-    total_samples: int
+    busy_samples: int  # samples of Go and other processes, idle and lost ones not counted
     go: list[GoProcessReport]
     other: OtherSummary
     lost: dict[str, int]

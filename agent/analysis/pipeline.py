@@ -35,9 +35,12 @@ from agent.errors import (
     ProcessGoneError,
 )
 from agent.gobinary import sandbox
-from agent.gobinary.symbolizer import BinaryCache, BoundedCache, GoBinary
+from agent.gobinary.symbolizer import BinaryCache, GoBinary
+from agent.host.cgroupfs import CgroupFacts
+from agent.host.cgroupmodel import Throttling
 from agent.host.procfs import ProcessInfo, ProcFS
 from agent.kube.spec import EnvSource
+from agent.lru import BoundedCache
 from agent.sampling.sampler import DrainResult
 
 log = logging.getLogger(__name__)
@@ -47,32 +50,8 @@ log = logging.getLogger(__name__)
 _KERNEL_CATEGORY = {c.value: c for c in Category} | {"unregistered": Category.UNKNOWN}
 
 
-@dataclass(frozen=True)
-class Throttle:
-    nr_periods: int
-    nr_throttled: int
-    throttled_seconds: float
-
-
-@dataclass(frozen=True)
-class CgroupFacts:
-    """What the pipeline needs to know about one process's cgroup."""
-
-    path: str
-    name: str  # readable: "namespace/pod/container"-free name from the path
-    pod_uid: str | None = None
-    container_id: str | None = None
-    qos: str | None = None
-    effective_limit: float | None = None  # cores, min over the cgroup and its ancestors
-    leaf_limit: float | None = None  # cores, the process's own cgroup (what Go 1.25 reads)
-    throttle: Throttle | None = None
-    throttle_key: str = ""  # which cgroup the counters belong to
-
-
 class CgroupSource(Protocol):
     def facts(self, proc_cgroup_text: str) -> CgroupFacts: ...
-
-    def throttle(self, key: str) -> Throttle | None: ...
 
 
 class WorkloadMeta(Protocol):
@@ -160,19 +139,19 @@ class Pipeline:
         self.procfs = procfs
         self.cgroups = cgroups
         self.kube = kube
-        self.binaries = binaries or BinaryCache()
+        self.binaries = binaries if binaries is not None else BinaryCache()  # an empty cache is falsy
         self.host_cpus = host_cpus or os.cpu_count() or 1
         self.stats = PipelineStats()
         self.parse_budget = parse_budget or sandbox.Budget()
         self.skipped_by_deadline = 0  # processes the last run left out
         self._deadline: Deadline | None = None
         self._ranges: BoundedCache[str, CategoryRanges | None] = BoundedCache(256)
-        self._throttle_start: dict[str, Throttle] = {}
+        self._throttle_start: dict[str, Throttling] = {}
 
     # ---- window bookkeeping -------------------------------------------------------------------
     def begin_window(self, pids: Iterable[int] | None = None) -> None:
         """Remember every cgroup's throttling counters, to report the window's share."""
-        start: dict[str, Throttle] = {}
+        start: dict[str, Throttling] = {}
         for pid in self.procfs.list_pids() if pids is None else pids:
             try:
                 facts = self.cgroups.facts(self.procfs.read_cgroup(pid))
@@ -186,7 +165,7 @@ class Pipeline:
         end = facts.throttle
         if end is None:
             return None
-        begin = self._throttle_start.get(facts.throttle_key, Throttle(0, 0, 0.0))
+        begin = self._throttle_start.get(facts.throttle_key, Throttling(0, 0, 0.0))
         periods = end.nr_periods - begin.nr_periods
         if periods <= 0:
             return 0.0 if facts.effective_limit is not None else None
@@ -281,7 +260,7 @@ class Pipeline:
         return ScanResult(
             duration_s=duration_s,
             frequency_hz=frequency_hz,
-            total_samples=drain.busy_samples,
+            busy_samples=drain.busy_samples,
             go=go,
             other=other,
             lost=dict(drain.lost),
@@ -355,7 +334,7 @@ class Pipeline:
             if pid in seen:
                 continue  # _register just checked it
             try:
-                start_time = self.procfs.process_key(pid).start_time
+                start_time = self.procfs.read_stat(pid).start_time
             except (NodeAgentError, OSError):
                 start_time = None
             if not (isinstance(token, tuple) and token and token[0] == start_time):
@@ -415,7 +394,11 @@ class Pipeline:
         except NodeAgentError as exc:
             self.stats.errors["cgroup_unreadable"] += 1
             problems.append(f"cgroup: {exc.describe()}")
-            cg = CgroupFacts(path="?", name=info.comm)
+            cg = CgroupFacts(path="?", name=info.comm, limit_error=f"cgroup: {exc}")
+        else:
+            if cg.limit_error:
+                self.stats.errors["cgroup_unreadable"] += 1
+                problems.append(cg.limit_error)
         meta = None
         if self.kube is not None and cg.pod_uid:
             meta = self.kube.lookup(cg.pod_uid, cg.container_id)
@@ -446,6 +429,7 @@ class Pipeline:
                 spec_gomaxprocs=meta.spec_gomaxprocs if meta else None,
                 containermaxprocs_off=off and version is not None and version >= (1, 25, 0),
                 unknown_reason=gmp.detail,
+                limit_error=cg.limit_error,
             )
         )
         if meta is not None:

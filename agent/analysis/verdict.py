@@ -8,7 +8,7 @@ max(2, ceil(limit)), capped at the CPUs the process may run on.
   gomaxprocs_below_limit  GOMAXPROCS < floor(limit): it cannot use the CPU it pays for;
   no_limit                the container has no CPU limit;
   ok                      otherwise;
-  unknown                 GOMAXPROCS or the limit could not be had (reason given).
+  unknown                 GOMAXPROCS or the limit could not be read (reason given).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class Evidence:
     spec_gomaxprocs: EnvSource | None = None  # how the pod spec sets it, None when it does not
     containermaxprocs_off: bool = False
     unknown_reason: str = ""
+    limit_error: str = ""  # the CPU limit could not be read: unknown, never "no limit"
 
 
 def recommended_gomaxprocs(limit_cores: float | None, affinity_cpus: int) -> int | None:
@@ -94,6 +95,13 @@ def judge(e: Evidence) -> Judgement:
     if e.gomaxprocs is None:
         reason = e.unknown_reason or "GOMAXPROCS could not be determined"
         return Judgement(Verdict.UNKNOWN, recommended_gomaxprocs(e.limit_cores, e.affinity_cpus), reason, "")
+    if e.limit_error:
+        return Judgement(
+            Verdict.UNKNOWN,
+            None,
+            f"GOMAXPROCS={e.gomaxprocs} ({e.gomaxprocs_source}) but the CPU limit could not be read: {e.limit_error}",
+            "",
+        )
     if e.limit_cores is None:
         return Judgement(
             Verdict.NO_LIMIT,

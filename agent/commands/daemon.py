@@ -35,8 +35,8 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from agent.analysis.attribution import ProcessProfile
 from agent.analysis.model import GoProcessReport, ScanResult
-from agent.analysis.pipeline import Deadline, Pipeline
-from agent.commands.scan import ScanConfig, sampler_config
+from agent.analysis.pipeline import Deadline
+from agent.commands.wiring import build_pipeline
 from agent.errors import BPFUnavailableError, NodeAgentError
 from agent.export.http import (
     AgentHTTPServer,
@@ -52,9 +52,7 @@ from agent.export.kubemetrics import KubeErrorCounter, KubeWatchCollector
 from agent.export.metrics import AgentMetrics, labels_of
 from agent.export.pprof import ProfilePart, build_profile, gzipped
 from agent.gobinary.symbolizer import BinaryCache
-from agent.host.cgroupsource import HostCgroups
 from agent.host.mounts import check_host_mounts
-from agent.host.procfs import ProcFS
 from agent.sampling.sampler import Sampler
 
 if TYPE_CHECKING:
@@ -143,19 +141,17 @@ class Daemon:
         self.profiles = LazyProfiles()
         # Held while the cycle or a profile request uses the parsed binaries (their caches are not thread-safe).
         self._symbols = threading.Lock()
-        self.pipeline = Pipeline(
-            ProcFS(cfg.host_root / "proc"),
-            HostCgroups(cfg.host_root),
-            kube=kube,
-            binaries=BinaryCache(capacity=cfg.binary_cache),
-        )
-        scan_cfg = ScanConfig(
-            frequency_hz=cfg.frequency_hz,
-            host_root=cfg.host_root,
+        wiring = build_pipeline(
+            cfg.frequency_hz,
+            cfg.host_root,
             kernel_headers=cfg.kernel_headers,
             cache_dir=cfg.cache_dir,
+            kube=kube,
+            binaries=BinaryCache(capacity=cfg.binary_cache),
+            interval_s=cfg.interval_s,
         )
-        self._sampler_factory = sampler_factory or (lambda: Sampler(sampler_config(scan_cfg, cfg.interval_s)))
+        self.pipeline = wiring.pipeline
+        self._sampler_factory = sampler_factory or (lambda: Sampler(wiring.sampler))
         self._stop = threading.Event()
         self._signal: int | None = None
         self._sampler: Sampler | None = None

@@ -26,22 +26,21 @@ import json
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
 from agent.analysis.verdict import Verdict, recommended_gomaxprocs
+from agent.cachedir import cache_dir
 from agent.errors import NodeAgentError
-from agent.lab.cgroupctl import HELP_CGROUP, CgroupTree, find_cpu_hierarchy, remove_stale
-from agent.lab.gotoolchain import HELP_GO, GoToolchain, build_program, cache_dir, find_toolchains, source_hash
+from agent.lab.cgroupwriter import HELP_CGROUP, JOIN_FAILED, CgroupTree, find_cpu_hierarchy, in_cgroup, remove_stale
+from agent.lab.gotoolchain import HELP_GO, GoToolchain, build_program, find_toolchains, source_hash
+from agent.shutdown import ignoring_signals, raising_signals
 
 if TYPE_CHECKING:
     from agent.analysis.model import GoProcessReport, ScanResult
@@ -57,19 +56,11 @@ MISCONFIGURED, FIXED, LOAD = "misconfigured", "fixed", "load"
 _GO_RUNTIME_ENV = ("GOMAXPROCS", "GODEBUG", "GOGC", "GOMEMLIMIT", "GOTRACEBACK")
 # A child joins its cgroup before the Go runtime starts (which sizes itself at start-up):
 # the shell moves itself, then execs the program in place (same pid).
-_JOIN_CGROUP = 'echo $$ > "$1/cgroup.procs" || exit 125; shift; exec "$@"'
-_JOIN_FAILED = 125
 HELP_ROOT = "run it as root (sudo node-agent demo): it creates cgroups and loads a BPF program"
 
 
 class DemoError(NodeAgentError):
     """The demo cannot run here, or one of its programs failed; ``help`` says what to do."""
-
-
-class Terminated(NodeAgentError):
-    """SIGTERM arrived: raised so every ``finally`` runs and the cgroups and children go away."""
-
-    exit_code = 128 + signal.SIGTERM
 
 
 # --------------------------------------------------------------------------- the Go service
@@ -116,7 +107,7 @@ class Children:
         err = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child; kill_all closes it
         try:
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", _JOIN_CGROUP, "sh", str(cgroup), *argv],
+                in_cgroup(argv, cgroup),
                 env=env,
                 pass_fds=pass_fds,
                 stdin=subprocess.DEVNULL,
@@ -139,7 +130,7 @@ class Children:
         if err is not None:
             err.seek(0)
             tail = " | ".join(err.read().decode(errors="replace").strip().splitlines()[-4:])
-        if code == _JOIN_FAILED:
+        if code == JOIN_FAILED:
             return DemoError(f"{what} could not join its cgroup: {tail}", help=HELP_CGROUP)
         status = "is still running" if code is None else f"exited with status {code}"
         return DemoError(f"{what} {status}" + (f": {tail}" if tail else ""), help="see the message above")
@@ -357,26 +348,6 @@ def fixed_gomaxprocs() -> int:
     return rec
 
 
-def _raise_signal(signum: int, _frame: FrameType | None) -> None:
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Terminated(f"stopped by {signal.Signals(signum).name}", help="the demo cleaned up its cgroups and processes")
-
-
-@contextlib.contextmanager
-def _signals(handler: Callable[[int, FrameType | None], Any] | int) -> Iterator[None]:
-    """SIGINT and SIGTERM go to ``handler`` inside the block (main thread only: Python's rule)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
-
-
 def _profile(
     cfg: DemoConfig,
     services: list[Service],
@@ -390,15 +361,13 @@ def _profile(
     The sampler compiles and attaches first so that none of that time eats into
     the load; the window opens after the warm-up and closes before the load ends.
     """
-    from agent.analysis.pipeline import Pipeline  # noqa: PLC0415
-    from agent.commands.scan import ScanConfig, collect, sampler_config  # noqa: PLC0415
-    from agent.host.cgroupsource import HostCgroups  # noqa: PLC0415
-    from agent.host.procfs import ProcFS  # noqa: PLC0415
+    from agent.commands.scan import collect_shown  # noqa: PLC0415
+    from agent.commands.wiring import build_pipeline  # noqa: PLC0415
     from agent.sampling.sampler import Sampler  # noqa: PLC0415
 
     pids = {s.pid for s in services}
-    pipeline = Pipeline(ProcFS(Path("/proc")), HostCgroups(Path("/")))
-    scan_cfg = ScanConfig(frequency_hz=cfg.frequency_hz, kernel_headers=cfg.kernel_headers)
+    wiring = build_pipeline(cfg.frequency_hz, kernel_headers=cfg.kernel_headers)
+    pipeline = wiring.pipeline
 
     def check_alive() -> None:
         for s in services:
@@ -412,7 +381,7 @@ def _profile(
         check_alive()
 
     say("attaching the BPF sampler to every CPU")
-    with Sampler(sampler_config(scan_cfg)) as sampler:
+    with Sampler(wiring.sampler) as sampler:
         start_load()
         say(f"warming up for {cfg.warmup_s:g}s, then profiling every CPU for {cfg.duration_s:g}s")
         deadline = time.monotonic() + cfg.warmup_s
@@ -425,26 +394,7 @@ def _profile(
         # Reading the warm-up's samples can take a while on a saturated machine; the window
         # is already open, so it counts against the duration.
         left = max(0.0, cfg.duration_s - (time.monotonic() - start))
-        if cfg.progress and sys.stderr.isatty():
-            from rich.console import Console  # noqa: PLC0415
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
-
-            with Progress(
-                TextColumn("profiling at {task.fields[hz]} Hz"),
-                BarColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            ) as progress:
-                task = progress.add_task("demo", total=left, hz=cfg.frequency_hz)
-
-                def show(t: float) -> None:
-                    check_alive()
-                    progress.update(task, completed=t)
-
-                drain = collect(sampler, left, show)
-        else:
-            drain = collect(sampler, left, tick)
+        drain = collect_shown(sampler, left, cfg.frequency_hz, progress=cfg.progress, tick=tick)
         end = time.monotonic()
     # Flip to flip: what the samples cover. A drain that is slow on a busy machine
     # happens after its flip, so it must not count into the window.
@@ -488,11 +438,10 @@ def _finish_load(loads: list[subprocess.Popen[bytes]], children: Children, timeo
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = lambda _m: None) -> DemoResult:
     """Build, run, load and profile both copies; everything started here is gone when it returns.
 
-    SIGINT raises KeyboardInterrupt and SIGTERM :class:`Terminated` for the
+    SIGINT raises KeyboardInterrupt and SIGTERM :class:`agent.shutdown.Terminated` for the
     whole run, so the cleanup below runs on those paths too.
     """
-    from agent.commands.scan import ScanConfig, sampler_config  # noqa: PLC0415
-    from agent.sampling.sampler import diagnose, raise_for  # noqa: PLC0415
+    from agent.sampling.sampler import SamplerConfig, diagnose, raise_for  # noqa: PLC0415
 
     need_root()
     hierarchy = find_cpu_hierarchy(cfg.cgroup_fs)
@@ -504,8 +453,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = lambda _m: None) -> D
             help="pass a larger value, e.g. 64",
         )
     # Fail fast, before a build: the sampler checks again (and compiles) later.
-    raise_for(diagnose(sampler_config(ScanConfig(frequency_hz=cfg.frequency_hz, kernel_headers=cfg.kernel_headers))))
-    with _signals(_raise_signal):
+    raise_for(diagnose(SamplerConfig.for_host(cfg.frequency_hz, kernel_headers=cfg.kernel_headers)))
+    with raising_signals():
         say(f"building the demo service with {toolchain.version_string}")
         binary, built = build_demo(toolchain)
         say(f"{'built' if built else 'using the cached'} {binary}")
@@ -515,7 +464,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = lambda _m: None) -> D
         try:
             services, scan, stats = _run(cfg, binary, tree, children, fixed, say)
         finally:
-            with _signals(signal.SIG_IGN):  # a second Ctrl-C must not stop the cleanup half-way
+            with ignoring_signals():  # a second Ctrl-C must not stop the cleanup half-way
                 children.kill_all()
                 problem = tree.remove()
             if problem:

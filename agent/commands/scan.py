@@ -6,7 +6,6 @@ scan) and merged; the pipeline then runs once over the whole window.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -17,11 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from agent.analysis.model import ScanResult
-from agent.analysis.pipeline import KubeSource, Pipeline
-from agent.host.cgroupsource import HostCgroups
-from agent.host.procfs import ProcFS
-from agent.sampling.kheaders import HeaderSearch
-from agent.sampling.sampler import DrainResult, Sampler, SamplerConfig, map_sizes
+from agent.analysis.pipeline import KubeSource
+from agent.commands.wiring import build_pipeline
+from agent.sampling.sampler import DrainResult, Sampler
 
 DRAIN_EVERY_S = 5.0
 
@@ -54,20 +51,6 @@ def merge(drains: list[DrainResult]) -> DrainResult:
     )
 
 
-def sampler_config(cfg: ScanConfig, interval_s: float = DRAIN_EVERY_S) -> SamplerConfig:
-    """Map sizes follow the CPU count, the rate and the time between drains (sampler.map_sizes)."""
-    root = cfg.host_root
-    count_entries, stack_entries = map_sizes(os.cpu_count() or 1, cfg.frequency_hz, interval_s)
-    return SamplerConfig(
-        sample_freq=cfg.frequency_hz,
-        count_entries=count_entries,
-        stack_entries=stack_entries,
-        headers=HeaderSearch(host_root=root, explicit=cfg.kernel_headers, sysfs=root / "sys", cache_dir=cfg.cache_dir),
-        proc=root / "proc",
-        sysfs=root / "sys",
-    )
-
-
 def collect(sampler: Sampler, duration_s: float, tick: Callable[[float], None]) -> DrainResult:
     """Drain every few seconds until ``duration_s`` has passed; ``tick`` reports progress."""
     drains = []
@@ -87,26 +70,49 @@ def collect(sampler: Sampler, duration_s: float, tick: Callable[[float], None]) 
     return merge(drains)
 
 
+def collect_shown(
+    sampler: Sampler,
+    duration_s: float,
+    frequency_hz: int,
+    *,
+    progress: bool,
+    tick: Callable[[float], None] = lambda _t: None,
+) -> DrainResult:
+    """:func:`collect` with a progress bar when stderr is a terminal (scan and demo); ``tick`` runs either way."""
+    if not (progress and sys.stderr.isatty()):
+        return collect(sampler, duration_s, tick)
+    with Progress(
+        TextColumn("profiling every CPU at {task.fields[hz]} Hz"),
+        BarColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("profile", total=duration_s, hz=frequency_hz)
+
+        def show(t: float) -> None:
+            tick(t)
+            bar.update(task, completed=t)
+
+        return collect(sampler, duration_s, show)
+
+
 def run_scan(cfg: ScanConfig, *, kube: KubeSource | None = None) -> ScanResult:
-    procfs = ProcFS(cfg.host_root / "proc")
-    pipeline = Pipeline(procfs, HostCgroups(cfg.host_root), kube=kube)
-    with Sampler(sampler_config(cfg)) as sampler:
+    wiring = build_pipeline(
+        cfg.frequency_hz,
+        cfg.host_root,
+        kernel_headers=cfg.kernel_headers,
+        cache_dir=cfg.cache_dir,
+        kube=kube,
+        interval_s=DRAIN_EVERY_S,
+    )
+    pipeline = wiring.pipeline
+    with Sampler(wiring.sampler) as sampler:
         pipeline.register_all(sampler)  # the kernel classifies every Go process from the first sample
         sampler.drain()  # start the window now, after attaching: nothing from the set-up
         start = time.monotonic()
         pipeline.begin_window()
-        if cfg.progress and sys.stderr.isatty():
-            with Progress(
-                TextColumn("profiling every CPU at {task.fields[hz]} Hz"),
-                BarColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            ) as progress:
-                task = progress.add_task("scan", total=cfg.duration_s, hz=cfg.frequency_hz)
-                drain = collect(sampler, cfg.duration_s, lambda t: progress.update(task, completed=t))
-        else:
-            drain = collect(sampler, cfg.duration_s, lambda _t: None)
+        drain = collect_shown(sampler, cfg.duration_s, cfg.frequency_hz, progress=cfg.progress)
         end = time.monotonic()
     result = pipeline.run(drain, frequency_hz=cfg.frequency_hz, duration_s=end - start)
     result.window = (start, end)

@@ -52,7 +52,7 @@ def render_table(result: ScanResult, out: TextIO, *, width: int | None = None) -
     console = Console(file=out, width=width or 160, highlight=False, soft_wrap=False)
     title = (
         f"node-agent scan: {len(result.go)} Go process(es), {result.duration_s:.0f}s at {result.frequency_hz} Hz, "
-        f"{result.total_samples} samples"
+        f"{result.busy_samples} samples"
     )
     table = Table(title=title, title_justify="left", show_lines=False)
     for col, justify in [

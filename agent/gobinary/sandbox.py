@@ -213,8 +213,8 @@ def _write(header: dict[str, object], blobs: list[bytes]) -> None:
 def main(argv: list[str]) -> int:
     memory_bytes, cpu_s, name = int(argv[0]), int(argv[1]), argv[2]
     # Everything the parse needs is imported before the limits apply; then the file.
-    from agent.analysis.gomaxprocs import gomaxprocs_address  # noqa: PLC0415 - child only
     from agent.gobinary.elf import ElfImage, FileView  # noqa: PLC0415
+    from agent.gobinary.globals import gomaxprocs_address  # noqa: PLC0415 - child only
     from agent.gobinary.symbolizer import GoBinary  # noqa: PLC0415
 
     _limit(memory_bytes, cpu_s)

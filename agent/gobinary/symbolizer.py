@@ -19,66 +19,21 @@ import os
 import struct
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from agent.errors import BinaryError, BudgetExceededError, CorruptBinaryError, NotGoError
 from agent.gobinary.buildinfo import BuildInfo, parse_modinfo, read_buildinfo_raw
 from agent.gobinary.elf import ElfImage, RegionImage, Segment, open_image
 from agent.gobinary.locate import GoTables, locate
 from agent.gobinary.pclntab import Frame, LineTable, PclnVersion
+from agent.lru import BoundedCache
 
 K = TypeVar("K")
 V = TypeVar("V")
-
-
-class BoundedCache(Generic[K, V]):
-    """A small LRU: explicit capacity, hit/miss counters for self-metrics."""
-
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be >= 1")
-        self.capacity = capacity
-        self._items: OrderedDict[K, V] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-        self.evictions = 0
-
-    def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is None:
-            self.misses += 1
-            return None
-        self._items.move_to_end(key)
-        self.hits += 1
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-            self.evictions += 1
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def values(self) -> list[V]:
-        return list(self._items.values())
-
-    def pop_oldest(self) -> tuple[K, V]:
-        self.evictions += 1
-        return self._items.popitem(last=False)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
-
-    def clear(self) -> None:
-        self._items.clear()
 
 
 @dataclass(frozen=True)

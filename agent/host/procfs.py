@@ -22,15 +22,14 @@ zombie, pid reused), :class:`ProcessAccessError` (permission), and
 
 from __future__ import annotations
 
-import bisect
 import errno
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 from agent.errors import NodeAgentError, ProcessGoneError
 from agent.host import cpulist
@@ -120,7 +119,7 @@ class GoEnv:
 
 
 @dataclass(frozen=True, slots=True)
-class Mapping:
+class MappedRegion:
     """One line of /proc/PID/maps. ``path`` has any " (deleted)" suffix removed."""
 
     start: int
@@ -205,7 +204,7 @@ class ProcessInfo:
     cpu_seconds: float  # utime + stime of all threads
     cpus_allowed: frozenset[int]
     exe: Executable | None
-    mappings: tuple[Mapping, ...] | None = field(repr=False)
+    mappings: tuple[MappedRegion, ...] | None = field(repr=False)
     go_env: GoEnv | None
     cgroup: str | None = field(repr=False)
     errors: tuple[str, ...] = ()
@@ -230,7 +229,7 @@ class ProcessInfo:
     def godebug_env(self) -> str | None:
         return self.go_env.godebug if self.go_env else None
 
-    def exe_mappings(self, *, executable_only: bool = True) -> list[Mapping]:
+    def exe_mappings(self, *, executable_only: bool = True) -> list[MappedRegion]:
         if self.exe is None or self.mappings is None:
             return []
         return exe_mappings(self.mappings, self.exe, executable_only=executable_only)
@@ -263,12 +262,11 @@ def parse_stat(text: str) -> Stat:
         raise ProcfsError("stat: malformed fields after '(comm)'") from None
 
 
-def parse_cpu_list(text: str) -> frozenset[int]:
-    """Kernel CPU list syntax "0-3,8,10-11" -> {0, 1, 2, 3, 8, 10, 11}."""
+def _cpus_allowed(text: str) -> frozenset[int]:
     try:
         return cpulist.parse_cpu_list(text)
     except ValueError as exc:
-        raise ProcfsError(str(exc)) from None
+        raise ProcfsError(f"status: Cpus_allowed_list: {exc}") from None
 
 
 def parse_status(text: str) -> Status:
@@ -283,7 +281,7 @@ def parse_status(text: str) -> Status:
             name=fields["Name"],
             tgid=int(fields["Tgid"]),
             threads=int(fields["Threads"]),
-            cpus_allowed=parse_cpu_list(fields["Cpus_allowed_list"]),
+            cpus_allowed=_cpus_allowed(fields["Cpus_allowed_list"]),
         )
     except KeyError as exc:
         raise ProcfsError(f"status: no {exc.args[0]} line") from None
@@ -315,10 +313,10 @@ def split_deleted(path: str) -> tuple[str, bool]:
     return path, False
 
 
-def parse_maps(text: str) -> list[Mapping]:
+def parse_maps(text: str) -> list[MappedRegion]:
     """/proc/PID/maps -> mappings sorted by start. Paths may contain spaces (the
     kernel escapes only newlines), so the path is everything after the inode."""
-    out: list[Mapping] = []
+    out: list[MappedRegion] = []
     for line in text.split("\n"):  # not splitlines(): a path may hold \r or \x1c
         if not line:
             continue
@@ -327,7 +325,7 @@ def parse_maps(text: str) -> list[Mapping]:
             raise ProcfsError(f"maps: malformed line {line[:80]!r}")
         path, deleted = split_deleted(m.group(8) or "")
         out.append(
-            Mapping(
+            MappedRegion(
                 start=int(m.group(1), 16),
                 end=int(m.group(2), 16),
                 perms=m.group(3),
@@ -343,15 +341,7 @@ def parse_maps(text: str) -> list[Mapping]:
     return out
 
 
-def find_mapping(mappings: Sequence[Mapping], addr: int) -> Mapping | None:
-    """The mapping containing ``addr``; ``mappings`` sorted by start (as parse_maps returns)."""
-    i = bisect.bisect_right(mappings, addr, key=lambda mp: mp.start) - 1
-    if i >= 0 and mappings[i].contains(addr):
-        return mappings[i]
-    return None
-
-
-def file_offset(mapping: Mapping, addr: int) -> int:
+def file_offset(mapping: MappedRegion, addr: int) -> int:
     """Offset in the mapped file of runtime address ``addr``. The symbolizer turns
     it into a link-time address with the ELF program headers (PIE or not)."""
     if not mapping.contains(addr):
@@ -359,7 +349,9 @@ def file_offset(mapping: Mapping, addr: int) -> int:
     return addr - mapping.start + mapping.offset
 
 
-def exe_mappings(mappings: Iterable[Mapping], exe: Executable, *, executable_only: bool = True) -> list[Mapping]:
+def exe_mappings(
+    mappings: Iterable[MappedRegion], exe: Executable, *, executable_only: bool = True
+) -> list[MappedRegion]:
     """The mappings of the main executable (by default only the executable ones).
 
     Matched by (device, inode) first. Some filesystems (overlayfs on some
@@ -484,53 +476,10 @@ class ProcFS:
         with _PidDir(self.root, pid) as d:
             return d.stat()
 
-    def process_key(self, pid: int) -> ProcessKey:
-        return ProcessKey(pid, self.read_stat(pid).start_time)
-
-    def is_kernel_thread(self, pid: int) -> bool:
-        return self.read_stat(pid).kernel_thread
-
-    def read_status(self, pid: int) -> Status:
-        with _PidDir(self.root, pid) as d:
-            return _parsed(pid, parse_status, d.read_text("status"))
-
-    def read_exe(self, pid: int) -> Executable | None:
-        """None for a kernel thread (it has no executable)."""
-        with _PidDir(self.root, pid) as d:
-            if d.stat().kernel_thread:
-                return None
-            return d.executable()
-
-    def read_maps(self, pid: int) -> list[Mapping]:
-        with _PidDir(self.root, pid) as d:
-            return _parsed(pid, parse_maps, d.read_text("maps"))
-
-    def read_go_env(self, pid: int) -> GoEnv:
-        with _PidDir(self.root, pid) as d:
-            return parse_go_env(d.read_bytes("environ"))
-
     def read_cgroup(self, pid: int) -> str:
-        """/proc/PID/cgroup as text; agent.host.cgroups parses it."""
+        """/proc/PID/cgroup as text; agent.host.cgroupfs parses it."""
         with _PidDir(self.root, pid) as d:
             return d.read_text("cgroup")
-
-    def exe_open_path(self, pid: int) -> Path:
-        """Path that opens the executable's bytes, across mount namespaces."""
-        return self.pid_path(pid) / "exe"
-
-    def open_exe(self, pid: int, *, start_time: int | None = None) -> BinaryIO:
-        """Open the executable; with ``start_time``, the file is known to belong to that process."""
-        path = self.exe_open_path(pid)
-        try:
-            f = path.open("rb")
-        except OSError as exc:
-            raise _translate(exc, pid, "exe") from None
-        try:
-            self._verify(pid, start_time)
-        except BaseException:
-            f.close()
-            raise
-        return f
 
     def read_memory(self, pid: int, addr: int, size: int, *, start_time: int | None = None) -> bytes:
         """``size`` bytes at ``addr`` of a live process (/proc/PID/mem, needs ptrace access)."""
@@ -620,18 +569,3 @@ class ProcFS:
             cgroup=cgroup,
             errors=tuple(errors),
         )
-
-    def snapshot_many(self, pids: Iterable[int] | None = None) -> tuple[list[ProcessInfo], list[NodeAgentError]]:
-        """Snapshots of ``pids`` (default: all), skipping kernel threads; per-process
-        failures are returned, not raised."""
-        infos: list[ProcessInfo] = []
-        failures: list[NodeAgentError] = []
-        for pid in self.list_pids() if pids is None else pids:
-            try:
-                info = self.snapshot(pid)
-            except NodeAgentError as exc:
-                failures.append(exc)
-                continue
-            if info is not None:
-                infos.append(info)
-        return infos, failures

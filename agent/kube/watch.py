@@ -25,7 +25,7 @@ import random
 import socket
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +48,7 @@ from agent.kube.spec import (
     normalize_pod_uid,
     parse_pod,
 )
+from agent.lru import BoundedCache
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +311,7 @@ class KubeMetadata:
         self._thread: threading.Thread | None = None
         self._resp: Any = None  # the open watch response, so stop() can cut it
         self._api: Any = None
-        self._rs_owner: OrderedDict[str, tuple[str, str] | None] = OrderedDict()
+        self._rs_owner: BoundedCache[str, tuple[str, str]] = BoundedCache(self.settings.replicaset_cache)
         self._rs_forbidden = False
         # status
         self._state = "disabled" if configuration is None else "starting"
@@ -735,9 +736,9 @@ class KubeMetadata:
         if ref is None or ref.get("kind") != "ReplicaSet":
             return None
         key = str(ref.get("uid") or ref.get("name"))
-        if key in self._rs_owner:
-            self._rs_owner.move_to_end(key)
-            return self._rs_owner[key]
+        known = self._rs_owner.get(key)
+        if known is not None:
+            return known
         ns = str(_dict(pod.get("metadata")).get("namespace", ""))
         s = self.settings
         try:
@@ -761,10 +762,9 @@ class KubeMetadata:
             return None
         owner_ref = controller_ref(rs) if isinstance(rs, Mapping) else None
         found = (str(owner_ref.get("kind", "")), str(owner_ref.get("name", ""))) if owner_ref else None
-        self._rs_owner[key] = found if found else ("ReplicaSet", str(ref.get("name", "")))
-        while len(self._rs_owner) > s.replicaset_cache:
-            self._rs_owner.popitem(last=False)
-        return self._rs_owner[key]
+        owner = found if found else ("ReplicaSet", str(ref.get("name", "")))
+        self._rs_owner.put(key, owner)
+        return owner
 
 
 def _ids(pod: PodMeta) -> Iterator[str]:

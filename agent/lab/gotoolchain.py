@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.cachedir import cache_dir
 from agent.errors import NodeAgentError
 
 HELP_GO = (
@@ -42,14 +43,6 @@ class GoToolchain:
     @property
     def minor(self) -> tuple[int, int]:
         return self.version[:2]
-
-
-def cache_dir() -> Path:
-    explicit = os.environ.get("NODE_AGENT_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "node-agent"
 
 
 def build_env(toolchain: GoToolchain, cache: Path, base: dict[str, str] | None = None) -> dict[str, str]:

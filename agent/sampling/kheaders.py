@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from agent import cachedir
 from agent.errors import BPFUnavailableError
 
 ENV_VAR = "BCC_KERNEL_SOURCE"
@@ -393,16 +394,6 @@ def probe(
 # --------------------------------------------------------------------------- preparing (writes the cache only)
 
 
-def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """Where merged trees go: $XDG_CACHE_HOME, else /var/cache for root, else a per-user temp dir."""
-    environ = os.environ if environ is None else environ
-    if environ.get("XDG_CACHE_HOME"):
-        return Path(environ["XDG_CACHE_HOME"]) / "node-agent"
-    if os.geteuid() == 0 and os.access("/var/cache", os.W_OK):
-        return Path("/var/cache/node-agent")
-    return Path(tempfile.gettempdir()) / f"node-agent-{os.geteuid()}"
-
-
 def _link_merged(dst: Path, build: Path, source: Path) -> None:
     """Symlink the union of two trees into ``dst``; recurse only where both have a directory of that name.
 
@@ -464,13 +455,13 @@ def prepare(plan: HeaderPlan, cache_dir: Path | None = None) -> KernelHeaders:
     if plan.kind == "tree":
         return KernelHeaders(plan, plan.build)
     assert plan.source is not None
-    cache = cache_dir or default_cache_dir()
+    cache = cache_dir or cachedir.cache_dir()
     try:
         merged = merge_split_tree(plan.build, plan.source, cache)
     except OSError as e:
         raise BPFUnavailableError(
             f"kernel headers: cannot build the merged header tree for {plan.build} + {plan.source} in {cache}: {e}",
-            help="pass a writable --cache-dir (or set XDG_CACHE_HOME)",
+            help="pass a writable --cache-dir (or set NODE_AGENT_CACHE)",
         ) from e
     return KernelHeaders(plan, merged)
 

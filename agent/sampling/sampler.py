@@ -137,6 +137,30 @@ class SamplerConfig:
         if problems:
             raise NodeAgentError("invalid sampler settings: " + "; ".join(problems))
 
+    @classmethod
+    def for_host(
+        cls,
+        frequency_hz: int,
+        host_root: Path = Path("/"),
+        kernel_headers: Path | None = None,
+        cache_dir: Path | None = None,
+        interval_s: float = 1.0,
+    ) -> SamplerConfig:
+        """The settings every command uses: /proc, /sys and the kernel headers under ``host_root``
+        (the node's root filesystem when the agent runs in a container), maps sized by
+        :func:`map_sizes` for the CPUs, the rate and the time between drains."""
+        count_entries, stack_entries = map_sizes(os.cpu_count() or 1, frequency_hz, interval_s)
+        return cls(
+            sample_freq=frequency_hz,
+            count_entries=count_entries,
+            stack_entries=stack_entries,
+            headers=HeaderSearch(
+                host_root=host_root, explicit=kernel_headers, sysfs=host_root / "sys", cache_dir=cache_dir
+            ),
+            proc=host_root / "proc",
+            sysfs=host_root / "sys",
+        )
+
     def cflags(self) -> list[str]:
         """The -D defines that size the maps in bpf/profile.bpf.c."""
         return [
@@ -194,11 +218,6 @@ class DrainResult:
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-
-def parse_cpu_list(text: str) -> list[int]:
-    """``0-3,5,7-8`` (sysfs cpu lists) -> [0, 1, 2, 3, 5, 7, 8]."""
-    return sorted(cpulist.parse_cpu_list(text))
 
 
 def parse_cap_eff(status: str) -> int:
@@ -341,7 +360,7 @@ def _check_headers(search: HeaderSearch) -> Finding:
 
 def _check_cpus(sysfs: Path) -> Finding:
     text = _read(sysfs / "devices" / "system" / "cpu" / "online")
-    cpus = parse_cpu_list(text) if text else []
+    cpus = cpulist.parse_cpu_list(text) if text else frozenset()
     if not cpus:
         return Finding("cpus", False, f"no online CPUs listed in {sysfs}/devices/system/cpu/online", "mount sysfs")
     return Finding("cpus", True, f"{len(cpus)} online CPUs")
@@ -566,7 +585,7 @@ class Sampler:
 
     def _attach(self, prog_fd: int) -> None:
         online = _read(self.config.sysfs / "devices" / "system" / "cpu" / "online") or ""
-        for cpu in parse_cpu_list(online):
+        for cpu in sorted(cpulist.parse_cpu_list(online)):
             fd = self._lib.bpf_attach_perf_event(
                 ct.c_int(prog_fd),
                 ct.c_uint32(PERF_TYPE_SOFTWARE),

@@ -31,10 +31,10 @@ import yaml
 from agent.gobinary.elf import ElfImage, open_image
 from agent.gobinary.pclntab import PCDATA_INL_TREE_INDEX, FuncRecord, LineTable
 from agent.gobinary.symbolizer import GoBinary
-from agent.lab.cgroupctl import find_memory_hierarchy, remove_cgroup, set_memory_limit
+from agent.lab.cgroupwriter import find_memory_hierarchy, remove_cgroup, set_memory_limit
 from agent.lab.gotoolchain import find_toolchain
-from tests import gobuild
-from tests.capabilities import missing, need
+from tests.support import gobuild
+from tests.support.capabilities import missing, need
 
 REPO = Path(__file__).resolve().parents[2]
 SPIN = REPO / "tests" / "goprogs" / "spin"

@@ -1,7 +1,7 @@
 """Hostile tenants for real: forged Go binaries, hostile process names, the manifest's memory cap.
 
 Everything here changes the machine only through files under a test's tmp dir and
-agent/lab/cgroupctl.py (the one cgroup writer); each context manager undoes itself.
+agent/lab/cgroupwriter.py (the one cgroup writer); each context manager undoes itself.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import yaml
 from agent.gobinary.elf import open_image
 from agent.gobinary.symbolizer import GoBinary
 from agent.kube.spec import parse_quantity
-from agent.lab.cgroupctl import make_cgroup, remove_cgroup, set_memory_limit
-from tests.capabilities import need, need_root
+from agent.lab.cgroupwriter import make_cgroup, remove_cgroup, set_memory_limit
+from tests.support.capabilities import need, need_root
 
 V1_MEMORY = Path("/sys/fs/cgroup/memory")
 DAEMONSET = Path(__file__).resolve().parents[2] / "deploy" / "daemonset.yaml"

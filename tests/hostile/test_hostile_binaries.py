@@ -33,9 +33,9 @@ from agent.errors import BinaryError, BudgetExceededError, CorruptBinaryError
 from agent.gobinary.elf import ElfImage, open_image
 from agent.gobinary.pclntab import LineTable
 from agent.gobinary.symbolizer import GoBinary
-from tests.capabilities import need, need_root
 from tests.hostile import binaries as hb
-from tests.workloads import Cgroup, build_demo, load, service, v1_cgroup
+from tests.support.capabilities import need, need_root
+from tests.support.workloads import Cgroup, build_demo, load, service, v1_cgroup
 
 pytestmark = [pytest.mark.bpf, pytest.mark.cgroup, pytest.mark.gotoolchain]
 

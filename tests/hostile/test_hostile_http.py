@@ -36,8 +36,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from agent.lab.cgroupctl import make_cgroup, remove_cgroup, write_file
-from tests.capabilities import need, need_root
+from agent.lab.cgroupwriter import make_cgroup, remove_cgroup, write_file
+from tests.support.capabilities import need, need_root
 
 # prometheus_client's OpenMetrics parser has no type annotations.
 openmetrics_parser: Any = importlib.import_module("prometheus_client.openmetrics.parser")

@@ -29,9 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.export import safe
 from agent.kube.spec import SourceKind
 from agent.kube.watch import KubeMetadata, WatchSettings
-from agent.lab.cgroupctl import remove_cgroup
-from tests.capabilities import need
-from tests.fakeapi import FakeKubeAPI, make_container, make_pod, uid_of
+from agent.lab.cgroupwriter import remove_cgroup
 from tests.hostile.tenants import (
     HOSTILE_COMMS,
     MARKUP_COMM,
@@ -44,9 +42,11 @@ from tests.hostile.tenants import (
     named_busy_process,
     oom_kills,
 )
-from tests.test_daemon_kube import kubeconfig
-from tests.test_e2e_prometheus import free_port, get, wait_for
-from tests.workloads import V1_CPU, Cgroup, build_demo, load, need_v1_cpu_cgroup, service
+from tests.support.capabilities import need
+from tests.support.fakeapi import FakeKubeAPI, make_container, make_pod, uid_of
+from tests.support.workloads import V1_CPU, Cgroup, build_demo, load, need_v1_cpu_cgroup, service
+from tests.system.test_daemon_kube import kubeconfig
+from tests.system.test_e2e_prometheus import free_port, get, wait_for
 
 WAIT = 20.0
 FAST = WatchSettings(

@@ -33,12 +33,13 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from agent.analysis.gomaxprocs import gomaxprocs_address, read_live
+from agent.analysis.gomaxprocs import read_live
+from agent.gobinary.globals import gomaxprocs_address
 from agent.gobinary.symbolizer import GoBinary as ParsedBinary
 from agent.host.procfs import ProcFS, parse_maps
 from agent.lab.gotoolchain import GoToolchain, find_toolchains
-from tests import gobuild
-from tests.capabilities import need
+from tests.support import gobuild
+from tests.support.capabilities import need
 
 MAXPROCS = Path(__file__).resolve().parents[1] / "goprogs" / "maxprocs"
 EXPECTED_MINORS = [(1, 19), (1, 21), (1, 23), (1, 25), (1, 27)]

@@ -26,15 +26,15 @@ import pytest
 from agent.analysis.attribution import attribute
 from agent.analysis.goruntime import Category
 from agent.analysis.pipeline import Pipeline
-from agent.host.cgroupsource import HostCgroups
+from agent.host.cgroupfs import HostCgroups
 from agent.host.procfs import ProcFS
 from agent.lab.gotoolchain import find_toolchains
 from agent.sampling.kheaders import HeaderSearch
 from agent.sampling.sampler import Sampler, SamplerConfig
-from tests import perfstacks
-from tests.capabilities import need, need_root
-from tests.gobuild import build_one
-from tests.workloads import build_demo, load, perf_available, service, v1_cgroup
+from tests.support import perfstacks
+from tests.support.capabilities import need, need_root
+from tests.support.gobuild import build_one
+from tests.support.workloads import build_demo, load, perf_available, service, v1_cgroup
 
 PATHGEN = Path(__file__).resolve().parents[1] / "goprogs" / "pathgen"
 RATE = 9312  # per CPU: with 2 CPUs, 18,624 samples/s

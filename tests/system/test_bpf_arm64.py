@@ -31,10 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.lab.gotoolchain import cache_dir
+from agent.cachedir import cache_dir
 from agent.sampling.kheaders import find_kernel_headers
 from agent.sampling.sampler import SamplerConfig
-from tests.capabilities import need, need_root
+from tests.support.capabilities import need, need_root
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "bpf" / "profile.bpf.c"

@@ -17,6 +17,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -33,8 +34,8 @@ import pytest
 import yaml
 
 from agent.lab.gotoolchain import GoToolchain, build_env, find_toolchains
-from tests.capabilities import need, need_root
-from tests.containers import (
+from tests.support.capabilities import need, need_root
+from tests.support.containers import (
     Built,
     Container,
     DaemonSetAgent,
@@ -49,10 +50,10 @@ from tests.containers import (
     remove_cgroup_tree,
     run,
 )
-from tests.fakeapi import FakeKubeAPI, make_container, make_pod, uid_of
-from tests.test_daemon_kube import kubeconfig, scrape
-from tests.test_e2e_prometheus import ALERT, free_port, get, short_rules, wait_for
-from tests.workloads import build_demo
+from tests.support.fakeapi import FakeKubeAPI, make_container, make_pod, uid_of
+from tests.support.workloads import build_demo
+from tests.system.test_daemon_kube import kubeconfig, scrape
+from tests.system.test_e2e_prometheus import ALERT, free_port, get, short_rules, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.bpf, pytest.mark.cgroup]
 
@@ -161,18 +162,25 @@ def workloads(images: Images) -> Iterator[Workloads]:
 
 
 def agent_args(spec: DaemonSetAgent, command: str, *extra: str) -> list[str]:
-    """The manifest's args with its subcommand swapped (scan has no --listen)."""
-    args = list(spec.args)
+    """The manifest's args, $(VAR) expanded as the kubelet does, with the subcommand swapped
+    (scan has no --listen and no --user: those are the daemon's)."""
+    values = {**spec.env, **FIELD_VALUES}
+    args = [re.sub(r"\$\((\w+)\)", lambda m: values.get(m[1], m[0]), a) for a in spec.args]
     assert args[0] == "run", args
     args[0] = command
-    if command == "scan" and "--listen" in args:
-        i = args.index("--listen")
-        del args[i : i + 2]
+    for option in ("--listen", "--user") if command == "scan" else ():
+        if option in args:
+            i = args.index(option)
+            del args[i : i + 2]
     return [*args, *extra]
 
 
+# The Downward API values the kubelet would give: this node, and the pod IP (host network: loopback).
+FIELD_VALUES = {"NODE_NAME": NODE, "POD_IP": "127.0.0.1"}
+
+
 def flags(spec: DaemonSetAgent, **kw: Any) -> list[str]:
-    return podman_flags(spec, field_values={"NODE_NAME": NODE}, **kw)
+    return podman_flags(spec, field_values=FIELD_VALUES, **kw)
 
 
 def scan_rows(images: Images, spec: DaemonSetAgent, **kw: Any) -> tuple[list[dict[str, Any]], str]:
@@ -551,7 +559,7 @@ def ctr_flags(spec: DaemonSetAgent) -> list[str]:
         out += ["--memory-limit", str(spec.memory_limit)]
     if spec.seccomp != "Unconfined":
         out.append("--seccomp")
-    pf = podman_flags(spec, field_values={"NODE_NAME": NODE})
+    pf = podman_flags(spec, field_values=FIELD_VALUES)
     for i, f in enumerate(pf):
         if f == "-v":
             src, dst, *ro = pf[i + 1].split(":")

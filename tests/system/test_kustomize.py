@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.capabilities import need
+from tests.support.capabilities import need
 
 yaml: Any = importlib.import_module("yaml")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from agent.gobinary import arm64
-from tests.capabilities import need
+from tests.support.capabilities import need
 
 OBJDUMP = "aarch64-linux-gnu-objdump"
 

@@ -25,7 +25,7 @@ from agent.kube.spec import (
     env_sources,
     parse_pod,
 )
-from tests.fakeapi import make_container, make_pod
+from tests.support.fakeapi import make_container, make_pod
 
 Obj = dict[str, Any]
 

@@ -26,7 +26,7 @@ from agent.kube.spec import (
     workload_of,
 )
 from agent.kube.watch import Backoff
-from tests.fakeapi import make_container, make_pod
+from tests.support.fakeapi import make_container, make_pod
 
 Obj = dict[str, Any]
 

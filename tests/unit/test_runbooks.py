@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agent.cli import build_parser
-from tests.capabilities import need
+from tests.support.capabilities import need
 
 yaml: Any = importlib.import_module("yaml")
 

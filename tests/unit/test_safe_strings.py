@@ -30,7 +30,7 @@ from agent.export.metrics import AgentMetrics
 from agent.export.pprof import ProfilePart, build_profile, parse_profile
 from agent.export.report import render_table, to_json, write_folded
 from agent.gobinary.pclntab import Frame
-from tests.capabilities import need
+from tests.support.capabilities import need
 
 HOSTILE = [
     "[/x]",  # rich markup that crashed the scan table
@@ -115,7 +115,7 @@ def _result(rows: list[GoProcessReport]) -> ScanResult:
     return ScanResult(
         duration_s=1.0,
         frequency_hz=97,
-        total_samples=10,
+        busy_samples=10,
         go=rows,
         other=other,
         lost={},

@@ -15,7 +15,7 @@ import agent
 from agent.analysis.verdict import Verdict
 from agent.commands.daemon import Daemon, DaemonConfig
 from agent.export.metrics import SERIES_PER_CONTAINER, AgentMetrics
-from tests.test_metrics import row
+from tests.unit.test_metrics import row
 
 REPO = Path(__file__).resolve().parents[2]
 

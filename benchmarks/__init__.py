@@ -1,0 +1,1 @@
+"""Benchmarks: each bench_*.py is a script; common.py is what they share."""

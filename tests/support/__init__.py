@@ -1,0 +1,1 @@
+"""Helpers the tests and benchmarks share: capabilities, oracles, Go builds, workloads, fakes."""
