@@ -115,6 +115,17 @@ def test_watch_accepted_but_never_answered_is_cut_and_resumed(api: FakeKubeAPI, 
     assert kube.status().errors_by_kind.get("watch_stalled") == 1
 
 
+def test_watch_that_never_ends_is_cut_at_its_deadline(api: FakeKubeAPI, watch: Any) -> None:
+    # A server (or proxy) that ignores timeoutSeconds and keeps the stream alive with bookmarks.
+    api.overrun_watch_seconds = 60.0
+    t0 = time.monotonic()
+    kube = watch(watch_timeout_s=1, bookmark_interval_s=0.5)  # deadline: timeoutSeconds (1-2 s) + 1 s
+    assert kube.wait_until(lambda: kube.status().errors_by_kind.get("watch_deadline", 0) >= 1, WAIT)
+    assert time.monotonic() - t0 < 15.0  # vs the 60 s the server would have kept it open
+    assert api.wait_for(lambda: len(api.watch_requests()) >= 2, WAIT)  # and a new watch resumed
+    assert kube.status().lists == 1
+
+
 def test_watch_malformed_events_are_skipped_and_later_events_kept(api: FakeKubeAPI, watch: Any) -> None:
     kube = watch()
     _synced(api, kube)
