@@ -283,10 +283,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             api.create_pod(honest)
             api.create_pod(bomb_pod(90, "bomb-listed"))  # seen by the first list
             svc = stack.enter_context(service(demo, Cgroup(ctr_dir), {"GOMAXPROCS": "64"}))
-            stack.enter_context(load(demo, svc.url, 90, concurrency=2))
+            stack.enter_context(load(demo, svc.url, 900, concurrency=2))  # killed on exit
             for link in links:  # in the root cgroup: their label is their process name
                 bad = stack.enter_context(service(link, Cgroup(V1_CPU), {"GOMAXPROCS": "3"}))
-                stack.enter_context(load(demo, bad.url, 90, concurrency=2))
+                stack.enter_context(load(demo, bad.url, 900, concurrency=2))
             mem = stack.enter_context(memory_cgroup(limit))
             cfg = kubeconfig(tmp / "kubeconfig", api.url)
             agent = subprocess.Popen(
@@ -361,6 +361,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 @pytest.mark.cgroup
 @pytest.mark.slow
 def test_pod_spec_env_doubling_bomb_does_not_oom_the_daemon(node: Node) -> None:
+    print(f"daemon memory peak {mib(node.peak)} of {mib(node.limit)} (cgroup memory.max_usage_in_bytes)")
     assert node.alive and node.exit_code == 0, node.log[-3000:]
     assert node.oom_kills == 0 and node.peak < node.limit, f"peak {mib(node.peak)} of {mib(node.limit)}"
     assert (_value(node.metrics, "node_agent_errors_total", kind="kube_pod_spec_over_budget") or 0) >= 2
