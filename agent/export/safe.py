@@ -90,12 +90,15 @@ _EMPTY_SEGMENT = "-"
 
 
 def path_segment(value: str) -> str:
-    """One URL path segment for ``value`` ("" -> "-"); every character but [A-Za-z0-9_~] is
-    percent-encoded, so "/", "?", "#", "%", "-" (the empty marker) and "."/".." (which clients
-    collapse) survive any client. ``value`` should already be a label (valid UTF-8)."""
+    """One URL path segment for ``value`` ("" -> "-"): everything but [A-Za-z0-9_.~-] percent-encoded
+    ("/", "?", "#", "%" included), and the segments "-" (the empty marker), "." and ".." (which clients
+    collapse) fully encoded. ``value`` should already be a label (valid UTF-8)."""
     if value == "":
         return _EMPTY_SEGMENT
-    return quote(utf8(value), safe="").replace("-", "%2D").replace(".", "%2E")
+    seg = quote(utf8(value), safe="")
+    if seg in (_EMPTY_SEGMENT, ".", ".."):
+        return "".join(f"%{ord(c):02X}" for c in seg)
+    return seg
 
 
 def from_path_segment(raw: str) -> str:

@@ -647,8 +647,8 @@ class KubeMetadata:
         finally:
             with self._cond:
                 self._resp = None
-            _shutdown(resp)
             with contextlib.suppress(Exception):
+                resp.close()  # a watch connection is never reused mid-stream
                 resp.release_conn()
         return events, time.monotonic() - started, asked
 

@@ -101,18 +101,29 @@ def test_watch_accepted_but_never_answered_is_cut_and_resumed(api: FakeKubeAPI, 
     # The attack: the apiserver (or a proxy) accepts the watch, sends 200 and then nothing.
     # Before: metadata stale for the whole watch (up to 10 min), no error counted.
     api.silence_next_watches(1)
-    kube = watch(bookmark_interval_s=0.3)  # idle limit 0.6 s; the fake bookmarks every 0.2 s
+    kube = watch(bookmark_interval_s=1.0)  # idle limit 2 s; the fake bookmarks every 0.2 s
     assert kube.wait_synced(WAIT)
     rv = api.create_pod(make_pod("late-0", n=5))
     t0 = time.monotonic()
     assert kube.wait_until(lambda: uid_of(5) in kube.snapshot(), WAIT)
-    assert time.monotonic() - t0 < 5.0  # the silent watch was cut after ~0.6 s, not at timeoutSeconds
+    assert time.monotonic() - t0 < 8.0  # the silent watch was cut after ~2 s, not at timeoutSeconds (5-10 s)
     st = kube.status()
     assert st.errors_by_kind.get("watch_stalled") == 1 and st.last_error_kind == "watch_stalled"
     assert st.lists == 1 and st.resource_version is not None and int(st.resource_version) >= int(rv)
     # honest watches with periodic bookmarks are never cut for silence
-    time.sleep(1.5)
+    time.sleep(3.0)
     assert kube.status().errors_by_kind.get("watch_stalled") == 1
+
+
+def test_watch_that_never_ends_is_cut_at_its_deadline(api: FakeKubeAPI, watch: Any) -> None:
+    # A server (or proxy) that ignores timeoutSeconds and keeps the stream alive with bookmarks.
+    api.overrun_watch_seconds = 60.0
+    t0 = time.monotonic()
+    kube = watch(watch_timeout_s=1, bookmark_interval_s=0.5)  # deadline: timeoutSeconds (1-2 s) + 1 s
+    assert kube.wait_until(lambda: kube.status().errors_by_kind.get("watch_deadline", 0) >= 1, WAIT)
+    assert time.monotonic() - t0 < 15.0  # vs the 60 s the server would have kept it open
+    assert api.wait_for(lambda: len(api.watch_requests()) >= 2, WAIT)  # and a new watch resumed
+    assert kube.status().lists == 1
 
 
 def test_watch_malformed_events_are_skipped_and_later_events_kept(api: FakeKubeAPI, watch: Any) -> None:
@@ -272,10 +283,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             api.create_pod(honest)
             api.create_pod(bomb_pod(90, "bomb-listed"))  # seen by the first list
             svc = stack.enter_context(service(demo, Cgroup(ctr_dir), {"GOMAXPROCS": "64"}))
-            stack.enter_context(load(demo, svc.url, 90, concurrency=2))
+            stack.enter_context(load(demo, svc.url, 900, concurrency=2))  # killed on exit
             for link in links:  # in the root cgroup: their label is their process name
                 bad = stack.enter_context(service(link, Cgroup(V1_CPU), {"GOMAXPROCS": "3"}))
-                stack.enter_context(load(demo, bad.url, 90, concurrency=2))
+                stack.enter_context(load(demo, bad.url, 900, concurrency=2))
             mem = stack.enter_context(memory_cgroup(limit))
             cfg = kubeconfig(tmp / "kubeconfig", api.url)
             agent = subprocess.Popen(
@@ -350,6 +361,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 @pytest.mark.cgroup
 @pytest.mark.slow
 def test_pod_spec_env_doubling_bomb_does_not_oom_the_daemon(node: Node) -> None:
+    print(f"daemon memory peak {mib(node.peak)} of {mib(node.limit)} (cgroup memory.max_usage_in_bytes)")
     assert node.alive and node.exit_code == 0, node.log[-3000:]
     assert node.oom_kills == 0 and node.peak < node.limit, f"peak {mib(node.peak)} of {mib(node.limit)}"
     assert (_value(node.metrics, "node_agent_errors_total", kind="kube_pod_spec_over_budget") or 0) >= 2

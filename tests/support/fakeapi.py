@@ -176,9 +176,11 @@ class FakeKubeAPI:
         expired_as_http: bool = False,
         max_watch_seconds: float | None = None,
         bookmark_interval: float | None = None,
+        overrun_watch_seconds: float = 0.0,
     ) -> None:
         self.default_watch_timeout = default_watch_timeout
         self.bookmark_interval = bookmark_interval
+        self.overrun_watch_seconds = overrun_watch_seconds  # keep watches open this long past timeoutSeconds
         self.max_watch_seconds = max_watch_seconds  # end every watch this early (a misbehaving proxy)
         self.expired_as_http = expired_as_http
         self.requests: list[Request] = []
@@ -465,6 +467,7 @@ class FakeKubeAPI:
         timeout = float(query.get("timeoutSeconds") or self.default_watch_timeout)
         if self.max_watch_seconds is not None:
             timeout = min(timeout, self.max_watch_seconds)
+        timeout += self.overrun_watch_seconds
         deadline = time.monotonic() + timeout
         bookmarks = query.get("allowWatchBookmarks") in {"true", "1"}
         raw_rv = query.get("resourceVersion", "")

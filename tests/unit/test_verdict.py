@@ -81,6 +81,14 @@ def test_above_explains_and_fixes() -> None:
     assert "containermaxprocs=0" in off.fix
 
 
+def test_fix_names_the_spec_literal_only_when_the_spec_holds_one() -> None:
+    unresolved = EnvSource(SourceKind.UNRESOLVED, ref="expands past 1024 characters")
+    fix = judge(ev(64, 1.0, spec_gomaxprocs=unresolved)).fix
+    assert "pod spec sets" not in fix and "GOMAXPROCS=2" in fix  # the spec sets it, somehow: say what to set
+    downward = EnvSource(SourceKind.RESOURCE_FIELD_REF, resource="limits.cpu", divisor="1m", resolved=500)
+    assert "pod spec sets" not in judge(ev(500, 1.0, spec_gomaxprocs=downward)).fix
+
+
 def test_unknown_carries_reason() -> None:
     j = judge(ev(None, 1.0, unknown_reason="process memory unreadable: permission denied"))
     assert j.verdict == Verdict.UNKNOWN and "permission denied" in j.explanation
