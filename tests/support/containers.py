@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from agent.cachedir import cache_dir
 from agent.kube.spec import parse_quantity
 
 REPO = Path(__file__).resolve().parents[2]
@@ -395,6 +396,35 @@ def host_submounts(path: str, mountinfo: str) -> list[str]:
     return sorted(dict.fromkeys(found), key=lambda p: (p.count("/"), p))
 
 
+PODMAN_SECCOMP = Path("/usr/share/containers/seccomp.json")  # containers-common: podman's default
+
+
+def runtime_default_seccomp() -> Path:
+    """Kubernetes' ``RuntimeDefault`` as containerd >= 1.6 applies it, for podman.
+
+    containerd's generated default has the syscall policy of containers-common's profile, except
+    that it also admits bpf() with CAP_BPF and perf_event_open() with CAP_PERFMON, where
+    containers-common <= 0.50 (Debian 12's podman) wants CAP_SYS_ADMIN. So: that profile, plus
+    those two rules (tests/system/test_deploy_capabilities.py checks both facts against the real
+    files and containerd)."""
+    profile = json.loads(PODMAN_SECCOMP.read_text())
+    extra = []
+    for rule in profile["syscalls"]:
+        if rule.get("action") == "SCMP_ACT_ALLOW" and rule.get("includes", {}).get("caps") == ["CAP_SYS_ADMIN"]:
+            for call, cap in (("bpf", "CAP_BPF"), ("perf_event_open", "CAP_PERFMON")):
+                if call in rule["names"]:
+                    extra.append({"names": [call], "action": "SCMP_ACT_ALLOW", "includes": {"caps": [cap]}})
+    profile["syscalls"] += extra
+    text = json.dumps(profile, indent=1)
+    path = cache_dir() / "containers" / f"runtime-default-seccomp-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return path
+
+
 def podman_flags(
     spec: DaemonSetAgent,
     *,
@@ -410,7 +440,8 @@ def podman_flags(
     read-only) by adding a read-only bind for every host sub-mount, as a kubelet and
     runtime that support it do; False is a runtime without it (the hole the agent reports).
     ``drop_mounts``: container paths left out (e.g. the header mounts, for a node without them).
-    ``seccomp``: the manifest's seccompProfile type instead ("RuntimeDefault": podman's profile).
+    ``seccomp``: instead of the manifest's seccompProfile type: "Unconfined", "RuntimeDefault"
+    (containerd's, see :func:`runtime_default_seccomp`) or "podman-default" (containers-common's).
     Networking is the host's (no iptables here): the harness overrides --listen to loopback.
     """
     if spec.privileged:
@@ -424,8 +455,13 @@ def podman_flags(
     flags += [f"--cap-add={c}" for c in spec.cap_add]
     if spec.no_new_privileges:
         flags += ["--security-opt", "no-new-privileges"]
-    if (seccomp or spec.seccomp) == "Unconfined":
+    mode = seccomp or spec.seccomp
+    if mode == "Unconfined":
         flags += ["--security-opt", "seccomp=unconfined"]
+    elif mode == "RuntimeDefault":
+        flags += ["--security-opt", f"seccomp={runtime_default_seccomp()}"]
+    elif mode != "podman-default":
+        raise ContainerError(f"seccompProfile {mode!r} is not emulated")
     if spec.apparmor == "Unconfined":
         flags += ["--security-opt", "apparmor=unconfined"]
     if spec.memory_limit:

@@ -237,7 +237,7 @@ def test_node_without_kernel_headers_samples_with_the_images_fallback(
 def test_runtime_default_seccomp_blocking_bpf_is_named_with_the_fix(images: Images, spec: DaemonSetAgent) -> None:
     """podman's default profile allows bpf() only with CAP_SYS_ADMIN: the error says seccomp, not headers."""
     res = podman(
-        "run", "--rm", *flags(spec, seccomp="RuntimeDefault"), images.agent.name,
+        "run", "--rm", *flags(spec, seccomp="podman-default"), images.agent.name,
         *agent_args(spec, "scan", "--duration", "1"), timeout=300, check=False,
     )  # fmt: skip
     assert res.returncode == 3, res.stderr

@@ -6,6 +6,7 @@ to the manifest changes what the e2e runs (shown by editing a copy of the manife
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -107,11 +108,15 @@ def flags_for(doc_edit: object = None, tmp: Path | None = None, **kw: object) ->
 
 def test_flags_are_the_manifests() -> None:
     f = flags_for()
-    assert "--pid=host" in f and "--read-only" in f and "--cap-drop=ALL" in f
+    assert "--pid=host" not in f and "--read-only" in f and "--cap-drop=ALL" in f
     assert {x.removeprefix("--cap-add=") for x in f if x.startswith("--cap-add=")} == {
-        "BPF", "PERFMON", "SYS_RESOURCE", "SYS_PTRACE", "DAC_READ_SEARCH",
+        "BPF", "PERFMON", "SYS_RESOURCE", "SYS_PTRACE", "DAC_READ_SEARCH", "SETUID", "SETGID",
     }  # fmt: skip
-    assert "seccomp=unconfined" in f and "apparmor=unconfined" in f and "no-new-privileges" in f
+    assert "apparmor=unconfined" in f and "no-new-privileges" in f
+    (profile,) = [x.removeprefix("seccomp=") for x in f if x.startswith("seccomp=")]  # RuntimeDefault
+    rules = json.loads(Path(profile).read_text())["syscalls"]
+    for call, cap in (("bpf", "CAP_BPF"), ("perf_event_open", "CAP_PERFMON")):
+        assert any(call in r["names"] and r.get("includes", {}).get("caps") == [cap] for r in rules), call
     assert f"--memory={512 * 2**20}" in f
     assert "/proc:/host/proc:ro" in f and "/sys:/host/sys:ro" in f and "/sys/fs/cgroup:/host/sys/fs/cgroup:ro" in f
     assert "/tmp:rw,size=268435456,notmpcopyup" in f
@@ -127,14 +132,14 @@ def test_a_change_to_the_manifest_changes_the_flags(tmp_path: Path) -> None:
         c = pod["containers"][0]
         c["resources"]["limits"]["memory"] = "1Gi"
         c["securityContext"]["capabilities"]["add"].remove("SYS_PTRACE")
-        c["securityContext"]["seccompProfile"] = {"type": "RuntimeDefault"}
+        c["securityContext"]["seccompProfile"] = {"type": "Unconfined"}
         for m in c["volumeMounts"]:
             if m["mountPath"] == "/host/sys":
                 m["readOnly"] = False
         c["env"].append({"name": "NODE_AGENT_INTERVAL", "value": "5"})
 
     f = flags_for(loosen, tmp_path)
-    assert f"--memory={2**30}" in f and "--cap-add=SYS_PTRACE" not in f and "seccomp=unconfined" not in f
+    assert f"--memory={2**30}" in f and "--cap-add=SYS_PTRACE" not in f and "seccomp=unconfined" in f
     assert "/sys:/host/sys" in f and "NODE_AGENT_INTERVAL=5" in f
 
 
