@@ -107,7 +107,7 @@ def test_readyz_renders_every_component() -> None:
 def test_profiles_listing_paths_are_fetchable() -> None:
     r = routes(ProfileAccess(enabled=True))
     listing = json.loads(get(r, "/profiles")[1])
-    assert {e["path"] for e in listing} == {"/profiles/shop/web%201/app%2Fx", "/profiles/-/-/unit%2Eservice"}
+    assert {e["path"] for e in listing} == {"/profiles/shop/web%201/app%2Fx", "/profiles/-/-/unit.service"}
     for entry in listing:
         status, body, _, _ = get(r, entry["path"])
         assert status == 200 and body
