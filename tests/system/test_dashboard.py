@@ -259,8 +259,8 @@ def test_every_panel_returns_data_from_a_real_agent_and_the_throttling_alert_fir
         bad_name, good_name = bad_cg.path.name, good_cg.path.name
     log = (tmp_path / "agent.log").read_text()[-2000:]
     # The table lists the misconfigured twin, not the other.
-    flagged = {r["metric"]["container"] for r in table}
-    assert bad_name in flagged and good_name not in flagged, (flagged, log)
+    table_rows = {r["metric"]["container"] for r in table}
+    assert bad_name in table_rows and good_name not in table_rows, (table_rows, log)
     # The throttling the kernel reported reached the panel, for both twins.
     assert {r["metric"]["container"] for r in throttled} >= {bad_name, good_name}
     containers = {a["labels"]["container"] for a in alerts}
