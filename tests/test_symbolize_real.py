@@ -211,12 +211,18 @@ def _build_cgo_pie(tc: GoToolchain) -> tuple[Path, Path]:
 
 
 @pytest.mark.gotoolchain
+@pytest.mark.parametrize("arch", gobuild.ARCHES)
 @pytest.mark.parametrize("minor", [(1, 21), (1, 25), (1, 27)], ids=lambda m: f"go1.{m[1]}")
-def test_externally_linked_stripped_pie(minor: tuple[int, int]) -> None:
-    need(shutil.which("gcc") is not None, "gcc (cgo external linking)")
+def test_externally_linked_stripped_pie(minor: tuple[int, int], arch: str) -> None:
+    need(shutil.which(gobuild.CC[arch]) is not None, f"{gobuild.CC[arch]} (cgo external linking)")
     need(oracles.llvm_symbolizer() is not None, "llvm-symbolizer (Debian package llvm)")
     tc = _toolchain(minor)
-    full, stripped = _build_cgo_pie(tc)
+    if arch == "amd64":
+        full, stripped = _build_cgo_pie(tc)
+    else:  # the same link for arm64: CGO_ENABLED=1, -linkmode=external, aarch64-linux-gnu-gcc
+        need(gobuild.find_strip(arch) is not None, f"a strip for {arch} (scripts/setup.sh)")
+        full = gobuild.build_one(tc, gobuild.SYMTEST, "pie", "full", arch, cgo=True)
+        stripped = gobuild.build_one(tc, gobuild.SYMTEST, "pie", "strip", arch, cgo=True)
     info = ParsedBinary.open(stripped).info()
     if minor < (1, 27):
         assert info.pclntab_location.startswith("scan of .data.rel.ro"), info.pclntab_location
