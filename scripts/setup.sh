@@ -15,7 +15,8 @@ APT_PACKAGES=(
   prometheus                                     # prometheus + promtool for the e2e and rule tests
   binutils llvm linux-perf time                  # strip, llvm-symbolizer, perf, /usr/bin/time (oracles, anchors)
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross    # arm64 cgo test builds; brings aarch64-linux-gnu-strip/objdump
-  binutils-aarch64-linux-gnu qemu-user-static    # arm64 strip and objdump (decoder oracle); arm64 image build
+  binutils-aarch64-linux-gnu qemu-user-static    # arm64 strip and objdump (decoder oracle); arm64 emulation
+  podman mmdebstrap arch-test                    # the linux/arm64 image build (tests/system/test_image_arm64.py)
   procps psmisc ca-certificates gcc libc6-dev   # gcc: cgo test builds
   podman runc containerd mmdebstrap              # the image on real runtimes (tests/system/test_container_e2e.py)
   etcd-server prometheus-node-exporter           # big real Go daemons for the container memory soak

@@ -240,11 +240,19 @@ class ElfImage:
         return bytes(self._data[off : off + size])
 
     def read_pointer(self, addr: int) -> int:
-        """A pointer-sized word at ``addr``; relocated for PIE when stored as zero."""
+        """A pointer-sized word at ``addr``, as the loader leaves it (before the load bias).
+
+        In a PIE a word with an R_*_RELATIVE relocation is the relocation's addend,
+        whatever the file holds there: RELA addends are not taken from the file,
+        and GNU ld for arm64 leaves the Go linker's own value in some such words
+        (seen in moduledata.gofunc of externally linked Go 1.27 PIEs).
+        """
+        if self.is_pie:
+            reloc = self._relative_relocs().get(addr)
+            if reloc is not None:
+                return reloc
         fmt = self.endian + ("Q" if self.ptrsize == 8 else "I")
         (value,) = struct.unpack(fmt, self.read(addr, self.ptrsize))
-        if value == 0 and self.is_pie:
-            value = self._relative_relocs().get(addr, 0)
         return int(value)
 
     def _relative_relocs(self) -> dict[int, int]:

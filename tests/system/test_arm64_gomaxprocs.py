@@ -208,3 +208,25 @@ def test_arm64_gomaxprocs_address(minor: tuple[int, int], mode: str, variant: st
         for n in (1, 7, 2):
             assert emu.ask(f"set {n}") == ("set", n)
             assert read_live(read, address + bias) == n == emu.ask("get")[1]
+
+
+@pytest.mark.parametrize("cgo", [False, True], ids=["nocgo", "cgo"])
+@pytest.mark.parametrize("minor", EXPECTED_MINORS, ids=lambda m: f"go1.{m[1]}")
+def test_arm64_builds_are_what_they_claim(minor: tuple[int, int], cgo: bool) -> None:
+    """The cross builds are arm64 ELF files of the requested shape (pyelftools, not our ELF reader)."""
+    for mode in gobuild.MODES:
+        for variant in gobuild.VARIANTS:
+            b = _build(minor, mode, variant, cgo)
+            with open(b.path, "rb") as f:
+                elf = ELFFile(f)
+                assert elf["e_machine"] == "EM_AARCH64", b.label
+                assert elf["e_type"] == ("ET_DYN" if mode == "pie" else "ET_EXEC"), b.label
+                names = {s.name for s in elf.iter_sections()}
+                assert (".symtab" in names) == (variant == "full"), b.label
+                assert (".debug_info" in names) == (variant == "full"), b.label
+                assert (".interp" in names) == (cgo or mode == "pie"), b.label  # PIE and cgo need ld-linux-aarch64
+                pcln = elf.get_section_by_name(".gopclntab") or elf.get_section_by_name(".data.rel.ro.gopclntab")
+                if pcln is not None:  # an external link may merge it into .data.rel.ro
+                    header = pcln.data()[:8]
+                    assert header[6] == 4, f"{b.label}: pclntab PC quantum {header[6]}"  # A64: 4-byte instructions
+                    assert header[7] == 8, b.label  # pointer size
