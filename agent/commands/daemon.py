@@ -41,6 +41,7 @@ from agent.host.procfs import ProcFS
 from agent.sampling.sampler import Sampler
 
 log = logging.getLogger("node_agent")
+BINARY_TABLE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ class Daemon:
             ProcFS(cfg.host_root / "proc"),
             HostCgroups(cfg.host_root),
             kube=kube,
-            binaries=BinaryCache(capacity=cfg.binary_cache),
+            # 64 MiB of tables: with bcc's ~125 MiB that keeps the agent under 256 MiB on a big node.
+            binaries=BinaryCache(capacity=cfg.binary_cache, max_bytes=BINARY_TABLE_BYTES),
         )
         scan_cfg = ScanConfig(
             frequency_hz=cfg.frequency_hz,

@@ -55,10 +55,15 @@ METRIC_NAMES = (
 )
 
 
+def _label(text: str) -> str:
+    """A label value the exposition can encode: process and cgroup names may hold undecodable bytes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def labels_of(r: GoProcessReport) -> Labels:
     if r.pod:
-        return (r.namespace or "", r.pod, r.container or "")
-    return ("", "", r.workload)
+        return (_label(r.namespace or ""), _label(r.pod), _label(r.container or ""))
+    return ("", "", _label(r.workload))
 
 
 @dataclass

@@ -9,6 +9,7 @@ Every low-level failure becomes :class:`CorruptBinaryError` or
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -110,6 +111,16 @@ class ElfImage:
         self.endian = "<" if self.little_endian else ">"
         self._by_name = {s.name: s for s in reversed(self.sections)}
         self._relocs: dict[int, int] | None = None
+
+    def drop_resident_pages(self) -> None:
+        """Unmap the file pages read so far from this process (they stay in the page cache).
+
+        Parsing reads the pclntab (tens of MiB for big binaries) through the mapping
+        and keeps a copy: without this both count in the agent's RSS.
+        """
+        if isinstance(self._data, mmap.mmap):
+            with contextlib.suppress(OSError, ValueError):
+                self._data.madvise(mmap.MADV_DONTNEED)
 
     @property
     def data(self) -> bytes | mmap.mmap:

@@ -152,6 +152,7 @@ class GoBinary:
         self.gnu_build_id = image.gnu_build_id()
         self._frames = frames
         self._serial = frames.serial()
+        image.drop_resident_pages()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> GoBinary:
