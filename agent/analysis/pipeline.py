@@ -225,9 +225,9 @@ class Pipeline:
         )
 
     # ---- the kernel's view of Go processes -------------------------------------------------------
-    def register_all(self, registrar: Registrar) -> int:
-        """Register every Go process running now (before a first window); returns how many."""
-        for pid in self.procfs.list_pids():
+    def register_all(self, registrar: Registrar, pids: Iterable[int] | None = None) -> int:
+        """Register every Go process running now (or among ``pids``) not yet registered; returns how many are."""
+        for pid in self.procfs.list_pids() if pids is None else pids:
             try:
                 info = self.procfs.snapshot(pid)
             except (NodeAgentError, OSError):

@@ -68,8 +68,16 @@ def sampler_config(cfg: ScanConfig, interval_s: float = DRAIN_EVERY_S) -> Sample
     )
 
 
-def collect(sampler: Sampler, duration_s: float, tick: Callable[[float], None]) -> DrainResult:
-    """Drain every few seconds until ``duration_s`` has passed; ``tick`` reports progress."""
+def collect(
+    sampler: Sampler,
+    duration_s: float,
+    tick: Callable[[float], None],
+    on_drain: Callable[[DrainResult], None] = lambda _d: None,
+) -> DrainResult:
+    """Drain every few seconds until ``duration_s`` has passed; ``tick`` reports progress.
+
+    ``on_drain`` sees each intermediate drain (to register processes that started meanwhile).
+    """
     drains = []
     start = time.monotonic()
     next_drain = start + DRAIN_EVERY_S
@@ -81,6 +89,7 @@ def collect(sampler: Sampler, duration_s: float, tick: Callable[[float], None]) 
             break
         if now >= next_drain:
             drains.append(sampler.drain())
+            on_drain(drains[-1])
             next_drain = now + DRAIN_EVERY_S
         time.sleep(min(0.1, duration_s - elapsed))
     drains.append(sampler.drain())
@@ -91,6 +100,11 @@ def run_scan(cfg: ScanConfig, *, kube: KubeSource | None = None) -> ScanResult:
     procfs = ProcFS(cfg.host_root / "proc")
     pipeline = Pipeline(procfs, HostCgroups(cfg.host_root), kube=kube)
     with Sampler(sampler_config(cfg)) as sampler:
+
+        def register_new(d: DrainResult) -> None:
+            """Go processes that started during the scan: classified from the next drain on."""
+            pipeline.register_all(sampler, {c.tgid for c in d.categories if c.category == "unregistered"})
+
         pipeline.register_all(sampler)  # the kernel classifies every Go process from the first sample
         sampler.drain()  # start the window now, after attaching: nothing from the set-up
         start = time.monotonic()
@@ -104,9 +118,9 @@ def run_scan(cfg: ScanConfig, *, kube: KubeSource | None = None) -> ScanResult:
                 transient=True,
             ) as progress:
                 task = progress.add_task("scan", total=cfg.duration_s, hz=cfg.frequency_hz)
-                drain = collect(sampler, cfg.duration_s, lambda t: progress.update(task, completed=t))
+                drain = collect(sampler, cfg.duration_s, lambda t: progress.update(task, completed=t), register_new)
         else:
-            drain = collect(sampler, cfg.duration_s, lambda _t: None)
+            drain = collect(sampler, cfg.duration_s, lambda _t: None, register_new)
         end = time.monotonic()
     result = pipeline.run(drain, frequency_hz=cfg.frequency_hz, duration_s=end - start)
     result.window = (start, end)

@@ -703,7 +703,10 @@ class Sampler:
             leaf.hot_lo[i], leaf.hot_hi[i], leaf.hot_cat[i] = lo, hi, CAT_GC if is_gc else CAT_SCHEDULER
         for i in range(MAX_RT):
             leaf.rt_lo[i], leaf.rt_hi[i] = runtime[i] if i < len(runtime) else (RANGE_PAD, RANGE_PAD)
-        self._procs[self._procs.Key(tgid)] = leaf
+        try:
+            self._procs[self._procs.Key(tgid)] = leaf
+        except Exception as exc:  # bcc raises bare Exception, e.g. when the map is full
+            raise NodeAgentError(f"pid {tgid}: registering its ranges failed: {exc}") from None
         self.registered[tgid] = token
 
     def unregister(self, tgid: int) -> None:
