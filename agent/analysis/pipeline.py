@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.analysis.attribution import ProcessProfile
+from agent.analysis.attribution import PackedStacks, ProcessProfile
 from agent.analysis.gomaxprocs import Facts, Gomaxprocs, containermaxprocs_enabled, gomaxprocs_address, infer, read_live
 from agent.analysis.goruntime import Category, CategoryRanges, category_ranges
 from agent.analysis.model import GoProcessReport, OtherSummary, ScanResult
@@ -132,19 +132,32 @@ class Pipeline:
         self._addr_cache: BoundedCache[str, tuple[int, str] | None] = BoundedCache(256)
         self._ranges: BoundedCache[str, CategoryRanges | None] = BoundedCache(256)
         self._throttle_start: dict[str, Throttle] = {}
+        self._facts_memo: dict[str, CgroupFacts] = {}
 
     # ---- window bookkeeping -------------------------------------------------------------------
     def begin_window(self, pids: Iterable[int] | None = None) -> None:
         """Remember every cgroup's throttling counters, to report the window's share."""
         start: dict[str, Throttle] = {}
+        seen: set[str] = set()
         for pid in self.procfs.list_pids() if pids is None else pids:
             try:
-                facts = self.cgroups.facts(self.procfs.read_cgroup(pid))
+                text = self.procfs.read_cgroup(pid)
+                if text in seen:
+                    continue  # a cgroup's facts once per window, not once per process in it
+                seen.add(text)
+                facts = self.cgroups.facts(text)
             except (NodeAgentError, OSError):
                 continue
             if facts.throttle is not None and facts.throttle_key not in start:
                 start[facts.throttle_key] = facts.throttle
         self._throttle_start = start
+
+    def _cgroup_facts(self, text: str) -> CgroupFacts:
+        """One read of a cgroup's facts per window (run() clears the memo), however many processes share it."""
+        facts = self._facts_memo.get(text)
+        if facts is None:
+            facts = self._facts_memo[text] = self.cgroups.facts(text)
+        return facts
 
     def _throttled_ratio(self, facts: CgroupFacts) -> float | None:
         end = facts.throttle
@@ -166,6 +179,7 @@ class Pipeline:
         registrar: Registrar | None = None,
     ) -> ScanResult:
         """Rows for the window; with ``registrar``, also keep the kernel's Go process ranges current."""
+        self._facts_memo = {}
         counts: dict[int, Counter[Category]] = defaultdict(Counter)
         for c in drain.categories:
             counts[c.tgid][_KERNEL_CATEGORY.get(c.category, Category.UNKNOWN)] += c.count
@@ -204,7 +218,7 @@ class Pipeline:
                 self._register(registrar, info, binary, bias)
             profile = ProcessProfile(samples=count, categories=cats)
             if stacks_of.get(tgid):
-                profile.pending.append((binary, bias or 0, stacks_of[tgid]))
+                profile.pending.append((binary, bias or 0, PackedStacks(stacks_of.pop(tgid))))
             try:
                 go.append(self._report(info, binary, bias, profile, frequency_hz))
             except NodeAgentError as exc:
@@ -322,7 +336,7 @@ class Pipeline:
         problems = list(info.errors)
         cg: CgroupFacts
         try:
-            cg = self.cgroups.facts(info.cgroup or "")
+            cg = self._cgroup_facts(info.cgroup or "")
         except NodeAgentError as exc:
             self.stats.errors["cgroup_unreadable"] += 1
             problems.append(f"cgroup: {exc.describe()}")

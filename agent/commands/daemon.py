@@ -171,7 +171,9 @@ class Daemon:
                     duration_s=drain.interval_seconds,
                     registrar=self._sampler,
                 )
-            self.pipeline.begin_window()
+            # Throttling baselines for the processes the next window can report (the registered Go
+            # processes), not for every process on the node: a cgroup read per container, not per pid.
+            self.pipeline.begin_window(list(self._sampler.registered))
             for kind, n in self.pipeline.stats.errors.items():
                 self.metrics.count_error(kind, n)
             self.pipeline.stats.errors.clear()
