@@ -29,7 +29,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -717,15 +717,19 @@ class Sampler:
 
     # ----------------------------------------------------------------- map reading
 
-    def _take(self, table: Any, buffers: str, key: struct.Struct) -> list[tuple[tuple[int, ...], int]]:
-        """Read and empty a small map: (key fields, u64 value) pairs, unpacked in C rather than per field."""
+    def _take(self, table: Any, buffers: str, key: struct.Struct) -> Iterable[tuple[tuple[int, ...], int]]:
+        """Read and empty a small map: (key fields, u64 value) pairs, unpacked in C rather than per field.
+
+        Lazily: the keys are unpacked one at a time as the caller consumes them (a list of
+        100,000 unpacked keys would be tens of MiB); consume before the next drain.
+        """
         keys, values = self._buffers[buffers]
         if self.batch_supported:
             try:
                 n = self._take_batch(table, keys, values)
                 raw_keys = memoryview(keys).cast("B")[: n * key.size]
                 raw_values = memoryview(values).cast("B").cast("Q")[:n].tolist()
-                return list(zip(key.iter_unpack(raw_keys), raw_values, strict=True))
+                return zip(key.iter_unpack(raw_keys), raw_values, strict=True)
             except _BatchUnsupported:
                 self.batch_supported = False
                 log.info("BPF batch map operations unsupported; draining key by key")
@@ -789,6 +793,8 @@ class Sampler:
         row = depth * 8
 
         frames = array.array("Q")
+        pcs: dict[int, int] = {}  # one int object per distinct PC: stacks share most of their frames
+        intern = pcs.setdefault
 
         def chunk(n: int) -> None:
             frames.frombytes(raw[: n * row])  # one copy of the chunk; its zero-padded rows are searched in C
@@ -799,7 +805,7 @@ class Sampler:
                     e = ends(0, s, s + depth)
                 except ValueError:
                     e = s + depth
-                out[h] = tuple(frames[s:e])
+                out[h] = tuple([intern(pc, pc) for pc in frames[s:e]])
             del frames[:]
 
         if self.batch_supported:
