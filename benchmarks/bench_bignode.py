@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -242,6 +243,8 @@ class Run:
     cycle_p50_s: float | None = None
     cycle_p99_s: float | None = None
     cycle_max_s: float | None = None
+    cycle_cpu_p50_s: float | None = None  # the agent's CPU time per cycle (one interval's work)
+    cycle_cpu_p99_s: float | None = None
     peak_rss_mib: float = 0.0
     samples: float = 0.0
     lost: dict[str, float] = field(default_factory=dict)
@@ -316,6 +319,9 @@ def measure(label: str, source: Path, paths: int, rate: int, args: argparse.Name
         run.agent_cpu_pct = 100.0 * (last.cpu_ticks - first.cpu_ticks) / os.sysconf("SC_CLK_TCK") / wall
         run.cycle_p50_s, run.cycle_p99_s = percentile(work, 50), percentile(work, 99)
         run.cycle_max_s = max(work)
+        ticks = [first.cpu_ticks] + [c.cpu_ticks for c in measured]
+        cpu = [(b - a) / os.sysconf("SC_CLK_TCK") for a, b in itertools.pairwise(ticks)]
+        run.cycle_cpu_p50_s, run.cycle_cpu_p99_s = percentile(cpu, 50), percentile(cpu, 99)
         run.peak_rss_mib = hwm_kib / 1024
         run.go_processes = max(c.go_processes for c in measured)
         run.samples = after["samples"] - before["samples"]
@@ -368,9 +374,10 @@ def keep_rate(rate: int) -> None:
 
 def render(runs: list[Run]) -> str:
     head = (
-        "| run | paths | Hz | agent CPU % of a core | cycle p50 / p99 / max s | peak RSS MiB | BPF ns/sample "
+        "| run | paths | Hz | agent CPU % of a core | cycle CPU p50 / p99 s | cycle wall p50 / p99 / max s "
+        "| peak RSS MiB | BPF ns/sample "
         "| lost (reason: samples) | sched / GC agent vs perf: G64 | G1 | pathgen |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in runs:
@@ -387,7 +394,9 @@ def render(runs: list[Run]) -> str:
         lost = ", ".join(f"{k}: {int(v)}" for k, v in sorted(r.lost.items())) or "none"
         ns = f"{r.bpf_ns_per_sample:.0f}" if r.bpf_ns_per_sample is not None else "-"
         lines.append(
-            f"| {r.label} | {r.paths} | {r.rate} | {r.agent_cpu_pct:.2f} | {r.cycle_p50_s:.3f} / {r.cycle_p99_s:.3f} / "
+            f"| {r.label} | {r.paths} | {r.rate} | {r.agent_cpu_pct:.2f} "
+            f"| {r.cycle_cpu_p50_s:.2f} / {r.cycle_cpu_p99_s:.2f} "
+            f"| {r.cycle_p50_s:.3f} / {r.cycle_p99_s:.3f} / "
             f"{r.cycle_max_s:.3f} | {r.peak_rss_mib:.0f} | {ns} | {lost} | {sg('gomaxprocs64')} | {sg('gomaxprocs1')} "
             f"| {sg('pathgen')} |"
         )

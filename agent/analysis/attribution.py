@@ -9,6 +9,7 @@ instruction's line (as pprof and perf do).
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +23,36 @@ UNKNOWN_FRAME = Frame("[unknown]", "", 0)
 _ADDRESS_MASK = (1 << 64) - 1
 
 
-RawStacks = list[tuple[tuple[int, ...], int]]  # (user stack of runtime PCs, count) pairs
+class PackedStacks:
+    """(user stack of runtime PCs, count) pairs in flat arrays: 8 bytes a frame instead of ~40.
+
+    A window's stacks wait here, unsymbolized, until someone asks for a profile;
+    on a big node that is tens of thousands of stacks per window.
+    """
+
+    __slots__ = ("counts", "frames", "lengths")
+
+    def __init__(self, stacks: Iterable[tuple[tuple[int, ...], int]] = ()) -> None:
+        self.frames = array("Q")
+        self.lengths = array("H")
+        self.counts = array("Q")
+        for pcs, count in stacks:
+            self.frames.extend(pc & _ADDRESS_MASK for pc in pcs)
+            self.lengths.append(len(pcs))
+            self.counts.append(count)
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def __iter__(self) -> Iterator[tuple[tuple[int, ...], int]]:
+        at = 0
+        frames = self.frames
+        for n, count in zip(self.lengths, self.counts, strict=True):
+            yield tuple(frames[at : at + n]), count
+            at += n
+
+
+RawStacks = PackedStacks | list[tuple[tuple[int, ...], int]]
 
 
 @dataclass

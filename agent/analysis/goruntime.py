@@ -25,9 +25,10 @@ scheduler time, as a flame graph shows it.
 The running agent applies these rules in the kernel (bpf/profile.bpf.c) from
 :func:`category_ranges`: the rules' functions as PC ranges. Only the outermost
 function of a PC counts there, which is exact for the named functions: none of
-them is ever inlined (schedule, findRunnable, gcAssistAlloc are large and
-recursive-free but marked by the compiler as too big; gcBgMarkWorker, bgsweep
-and bgscavenge are goroutine entry points, which cannot be inlined). For
+them is inlined (schedule, findRunnable and gcAssistAlloc are far over the
+inliner's budget; gcBgMarkWorker, bgsweep and bgscavenge are started with
+``go``, and goroutine entry points are never inlined) — the big-node test
+checks the kernel's counts against this module's inline-aware rules. For
 ``runtime_other`` a runtime helper inlined into user code counts as user, as
 ``perf`` (which reads ELF symbols, not inline trees) counts it.
 """

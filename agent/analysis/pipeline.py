@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.analysis.attribution import ProcessProfile
+from agent.analysis.attribution import PackedStacks, ProcessProfile
 from agent.analysis.gomaxprocs import Facts, Gomaxprocs, GomaxprocsSource, containermaxprocs_enabled, infer, read_live
 from agent.analysis.goruntime import Category, CategoryRanges, category_ranges
 from agent.analysis.model import GoProcessReport, OtherSummary, ScanResult
@@ -147,19 +147,32 @@ class Pipeline:
         self._deadline: Deadline | None = None
         self._ranges: BoundedCache[str, CategoryRanges | None] = BoundedCache(256)
         self._throttle_start: dict[str, Throttling] = {}
+        self._facts_memo: dict[str, CgroupFacts] = {}
 
     # ---- window bookkeeping -------------------------------------------------------------------
     def begin_window(self, pids: Iterable[int] | None = None) -> None:
         """Remember every cgroup's throttling counters, to report the window's share."""
         start: dict[str, Throttling] = {}
+        seen: set[str] = set()
         for pid in self.procfs.list_pids() if pids is None else pids:
             try:
-                facts = self.cgroups.facts(self.procfs.read_cgroup(pid))
+                text = self.procfs.read_cgroup(pid)
+                if text in seen:
+                    continue  # a cgroup's facts once per window, not once per process in it
+                seen.add(text)
+                facts = self.cgroups.facts(text)
             except (NodeAgentError, OSError):
                 continue
             if facts.throttle is not None and facts.throttle_key not in start:
                 start[facts.throttle_key] = facts.throttle
         self._throttle_start = start
+
+    def _cgroup_facts(self, text: str) -> CgroupFacts:
+        """One read of a cgroup's facts per window (run() clears the memo), however many processes share it."""
+        facts = self._facts_memo.get(text)
+        if facts is None:
+            facts = self._facts_memo[text] = self.cgroups.facts(text)
+        return facts
 
     def _throttled_ratio(self, facts: CgroupFacts) -> float | None:
         end = facts.throttle
@@ -190,6 +203,7 @@ class Pipeline:
         """Rows for the window; with ``registrar``, also keep the kernel's Go process ranges current."""
         self._deadline = deadline
         self.skipped_by_deadline = 0
+        self._facts_memo = {}
         try:
             return self._run(drain, frequency_hz, duration_s, registrar)
         finally:
@@ -244,7 +258,7 @@ class Pipeline:
                     self._register(registrar, info, binary, bias)
                 profile = ProcessProfile(samples=count, categories=cats)
                 if stacks_of.get(tgid):
-                    profile.pending.append((binary, bias or 0, stacks_of[tgid]))
+                    profile.pending.append((binary, bias or 0, PackedStacks(stacks_of.pop(tgid))))
                 go.append(self._report(info, binary, bias, profile, frequency_hz))
             except DeadlineExceededError:
                 self.skipped_by_deadline += 1
@@ -269,17 +283,19 @@ class Pipeline:
         )
 
     # ---- the kernel's view of Go processes -------------------------------------------------------
-    def register_all(self, registrar: Registrar, deadline: Deadline | None = None) -> int:
-        """Register every Go process running now (before a first window), until ``deadline``;
-        returns how many. Those left over are counted "unregistered" until a cycle sees them."""
+    def register_all(
+        self, registrar: Registrar, pids: Iterable[int] | None = None, deadline: Deadline | None = None
+    ) -> int:
+        """Register every Go process running now (or among ``pids``) not yet registered, until
+        ``deadline``; returns how many are. Those left over count as "unregistered" until a cycle sees them."""
         self._deadline = deadline
         try:
-            return self._register_all(registrar)
+            return self._register_all(registrar, pids)
         finally:
             self._deadline = None
 
-    def _register_all(self, registrar: Registrar) -> int:
-        for pid in self.procfs.list_pids():
+    def _register_all(self, registrar: Registrar, pids: Iterable[int] | None) -> int:
+        for pid in self.procfs.list_pids() if pids is None else pids:
             if self._expired():
                 break
             try:
@@ -390,7 +406,7 @@ class Pipeline:
             problems.append(f"symbols: {binary.failed.describe()}")
         cg: CgroupFacts
         try:
-            cg = self.cgroups.facts(info.cgroup or "")
+            cg = self._cgroup_facts(info.cgroup or "")
         except NodeAgentError as exc:
             self.stats.errors["cgroup_unreadable"] += 1
             problems.append(f"cgroup: {exc.describe()}")

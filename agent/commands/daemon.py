@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from agent.kube.watch import KubeMetadata
 
 log = logging.getLogger("node_agent")
+BINARY_TABLE_BYTES = 64 << 20
 
 
 FAILING_CYCLES = 3  # consecutive failed cycles before /healthz says so
@@ -147,7 +148,8 @@ class Daemon:
             kernel_headers=cfg.kernel_headers,
             cache_dir=cfg.cache_dir,
             kube=kube,
-            binaries=BinaryCache(capacity=cfg.binary_cache),
+            # 64 MiB of tables: with bcc's ~125 MiB that keeps the agent under 256 MiB on a big node.
+            binaries=BinaryCache(capacity=cfg.binary_cache, max_bytes=BINARY_TABLE_BYTES),
             interval_s=cfg.interval_s,
         )
         self.pipeline = wiring.pipeline
@@ -221,7 +223,7 @@ class Daemon:
             self._sampler = self._sampler_factory()
             with self._symbols:
                 deadline = Deadline(time.monotonic() + self.cfg.interval_s, self._stop)
-                registered = self.pipeline.register_all(self._sampler, deadline)
+                registered = self.pipeline.register_all(self._sampler, deadline=deadline)
             log.info("%d Go processes registered with the sampler", registered)
             self._sampler.drain()  # the first window starts now
             self.pipeline.begin_window()
@@ -264,7 +266,9 @@ class Daemon:
                     registrar=self._sampler,
                     deadline=deadline,
                 )
-            self.pipeline.begin_window()
+            # Throttling baselines for the processes the next window can report (the registered Go
+            # processes), not for every process on the node: a cgroup read per container, not per pid.
+            self.pipeline.begin_window(list(self._sampler.registered))
             for kind, n in self.pipeline.stats.errors.items():
                 self.metrics.count_error(kind, n)
             if self.kube is not None:

@@ -51,8 +51,16 @@ def merge(drains: list[DrainResult]) -> DrainResult:
     )
 
 
-def collect(sampler: Sampler, duration_s: float, tick: Callable[[float], None]) -> DrainResult:
-    """Drain every few seconds until ``duration_s`` has passed; ``tick`` reports progress."""
+def collect(
+    sampler: Sampler,
+    duration_s: float,
+    tick: Callable[[float], None],
+    on_drain: Callable[[DrainResult], None] = lambda _d: None,
+) -> DrainResult:
+    """Drain every few seconds until ``duration_s`` has passed; ``tick`` reports progress.
+
+    ``on_drain`` sees each intermediate drain (to register processes that started meanwhile).
+    """
     drains = []
     start = time.monotonic()
     next_drain = start + DRAIN_EVERY_S
@@ -64,6 +72,7 @@ def collect(sampler: Sampler, duration_s: float, tick: Callable[[float], None]) 
             break
         if now >= next_drain:
             drains.append(sampler.drain())
+            on_drain(drains[-1])
             next_drain = now + DRAIN_EVERY_S
         time.sleep(min(0.1, duration_s - elapsed))
     drains.append(sampler.drain())
@@ -77,10 +86,11 @@ def collect_shown(
     *,
     progress: bool,
     tick: Callable[[float], None] = lambda _t: None,
+    on_drain: Callable[[DrainResult], None] = lambda _d: None,
 ) -> DrainResult:
     """:func:`collect` with a progress bar when stderr is a terminal (scan and demo); ``tick`` runs either way."""
     if not (progress and sys.stderr.isatty()):
-        return collect(sampler, duration_s, tick)
+        return collect(sampler, duration_s, tick, on_drain)
     with Progress(
         TextColumn("profiling every CPU at {task.fields[hz]} Hz"),
         BarColumn(),
@@ -94,7 +104,7 @@ def collect_shown(
             tick(t)
             bar.update(task, completed=t)
 
-        return collect(sampler, duration_s, show)
+        return collect(sampler, duration_s, show, on_drain)
 
 
 def run_scan(cfg: ScanConfig, *, kube: KubeSource | None = None) -> ScanResult:
@@ -108,11 +118,16 @@ def run_scan(cfg: ScanConfig, *, kube: KubeSource | None = None) -> ScanResult:
     )
     pipeline = wiring.pipeline
     with Sampler(wiring.sampler) as sampler:
+
+        def register_new(d: DrainResult) -> None:
+            """Go processes that started during the scan: classified from the next drain on."""
+            pipeline.register_all(sampler, {c.tgid for c in d.categories if c.category == "unregistered"})
+
         pipeline.register_all(sampler)  # the kernel classifies every Go process from the first sample
         sampler.drain()  # start the window now, after attaching: nothing from the set-up
         start = time.monotonic()
         pipeline.begin_window()
-        drain = collect_shown(sampler, cfg.duration_s, cfg.frequency_hz, progress=cfg.progress)
+        drain = collect_shown(sampler, cfg.duration_s, cfg.frequency_hz, progress=cfg.progress, on_drain=register_new)
         end = time.monotonic()
     result = pipeline.run(drain, frequency_hz=cfg.frequency_hz, duration_s=end - start)
     result.window = (start, end)

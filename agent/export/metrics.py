@@ -56,6 +56,11 @@ METRIC_NAMES = (
 )
 
 
+def _label(text: str) -> str:
+    """A label value the exposition can encode: process and cgroup names may hold undecodable bytes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def labels_of(r: GoProcessReport) -> Labels:
     """The row's series labels, made safe once here (a tenant names its pod, cgroup and process)."""
     if r.pod:

@@ -422,10 +422,14 @@ class LineTable:
         return None
 
     def functions(self) -> Iterator[tuple[str, int, int]]:
-        """(name, entry, end) of every function, in address order."""
+        """(name, entry, end) of every function, in address order.
+
+        Names are not kept in the lookup cache: a whole-table walk would pin every
+        name of every binary (12 MiB for Prometheus) for the binary's lifetime.
+        """
         for i in range(self.nfunc):
             rec = self.record(i)
-            yield self.funcname(rec.name_off), rec.entry, rec.end
+            yield self._cstring(self.funcnametab + rec.name_off), rec.entry, rec.end
 
     def pcdata_table(self, rec: FuncRecord, index: int) -> int:
         if index >= rec.npcdata:

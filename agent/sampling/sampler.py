@@ -29,8 +29,8 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -175,9 +175,13 @@ class SamplerConfig:
         ]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Sample:
-    """``count`` samples of one registered thread group (or thread) on one user stack: profile data."""
+    """``count`` samples of one registered thread group (or thread) on one user stack: profile data.
+
+    Slotted, not frozen: a drain makes one per distinct stack, tens of thousands a cycle on a big
+    node, and a frozen dataclass's __init__ costs several times more.
+    """
 
     tgid: int
     tid: int  # 0 unless SamplerConfig.per_thread
@@ -187,7 +191,7 @@ class Sample:
     user_stack_error: int = 0  # errno when user_stack is (): EFAULT (unreadable), ENOMEM (stacks map full)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CategoryCount:
     """Exact: ``count`` samples of ``tgid`` in ``cgroup_id`` fell in ``category`` (a KERNEL_CATEGORIES name)."""
 
@@ -470,6 +474,12 @@ def _attach_error(err: int, cpu: int, freq: int, proc: Path) -> BPFUnavailableEr
     return BPFUnavailableError(what, help="see dmesg; " + HELP_PRIVILEGES)
 
 
+def _return_freed_memory() -> None:
+    """malloc_trim(0): hand memory freed to glibc's heap back to the kernel (a no-op elsewhere)."""
+    with suppress(OSError, AttributeError):
+        ct.CDLL("libc.so.6").malloc_trim(0)
+
+
 class _BatchUnsupported(Exception):
     """BPF_MAP_LOOKUP_AND_DELETE_BATCH is missing (kernels before 5.6)."""
 
@@ -503,6 +513,7 @@ class Sampler:
         except BaseException:
             self.close()
             raise
+        _return_freed_memory()  # clang/LLVM's compile-time heap: ~50 MiB of RSS the process never needs again
         self._last_flip = time.monotonic()
         self._lost_seen = [0] * len(LOST_REASONS)
         self._idle_seen = 0
@@ -730,7 +741,10 @@ class Sampler:
             leaf.hot_lo[i], leaf.hot_hi[i], leaf.hot_cat[i] = lo, hi, CAT_GC if is_gc else CAT_SCHEDULER
         for i in range(MAX_RT):
             leaf.rt_lo[i], leaf.rt_hi[i] = runtime[i] if i < len(runtime) else (RANGE_PAD, RANGE_PAD)
-        self._procs[self._procs.Key(tgid)] = leaf
+        try:
+            self._procs[self._procs.Key(tgid)] = leaf
+        except Exception as exc:  # bcc raises bare Exception, e.g. when the map is full
+            raise NodeAgentError(f"pid {tgid}: registering its ranges failed: {exc}") from None
         self.registered[tgid] = token
 
     def unregister(self, tgid: int) -> None:
@@ -741,15 +755,19 @@ class Sampler:
 
     # ----------------------------------------------------------------- map reading
 
-    def _take(self, table: Any, buffers: str, key: struct.Struct) -> list[tuple[tuple[int, ...], int]]:
-        """Read and empty a small map: (key fields, u64 value) pairs, unpacked in C rather than per field."""
+    def _take(self, table: Any, buffers: str, key: struct.Struct) -> Iterable[tuple[tuple[int, ...], int]]:
+        """Read and empty a small map: (key fields, u64 value) pairs, unpacked in C rather than per field.
+
+        Lazily: the keys are unpacked one at a time as the caller consumes them (a list of
+        100,000 unpacked keys would be tens of MiB); consume before the next drain.
+        """
         keys, values = self._buffers[buffers]
         if self.batch_supported:
             try:
                 n = self._take_batch(table, keys, values)
                 raw_keys = memoryview(keys).cast("B")[: n * key.size]
                 raw_values = memoryview(values).cast("B").cast("Q")[:n].tolist()
-                return list(zip(key.iter_unpack(raw_keys), raw_values, strict=True))
+                return zip(key.iter_unpack(raw_keys), raw_values, strict=True)
             except _BatchUnsupported:
                 self.batch_supported = False
                 log.info("BPF batch map operations unsupported; draining key by key")
@@ -813,6 +831,8 @@ class Sampler:
         row = depth * 8
 
         frames = array.array("Q")
+        pcs: dict[int, int] = {}  # one int object per distinct PC: stacks share most of their frames
+        intern = pcs.setdefault
 
         def chunk(n: int) -> None:
             frames.frombytes(raw[: n * row])  # one copy of the chunk; its zero-padded rows are searched in C
@@ -823,7 +843,7 @@ class Sampler:
                     e = ends(0, s, s + depth)
                 except ValueError:
                     e = s + depth
-                out[h] = tuple(frames[s:e])
+                out[h] = tuple([intern(pc, pc) for pc in frames[s:e]])
             del frames[:]
 
         if self.batch_supported:

@@ -27,9 +27,9 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.export.metrics import METRIC_NAMES
-from tests.capabilities import need, need_root
-from tests.test_e2e_prometheus import free_port, get, short_rules, wait_for
-from tests.workloads import Cgroup, build_demo, load, service, v1_cgroup
+from tests.support.capabilities import need, need_root
+from tests.support.workloads import Cgroup, build_demo, load, service, v1_cgroup
+from tests.system.test_e2e_prometheus import free_port, get, short_rules, wait_for
 
 yaml: Any = importlib.import_module("yaml")
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from agent.lab.gotoolchain import find_toolchain
-from tests import gobuild
-from tests.capabilities import need, need_root
+from tests.support import gobuild
+from tests.support.capabilities import need, need_root
 from tests.system import arm64_image
 
 REPO = Path(__file__).resolve().parents[2]

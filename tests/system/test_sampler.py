@@ -265,6 +265,16 @@ def count_for(result: DrainResult, tgid: int) -> int:
     return sum(c.count for c in result.categories if c.tgid == tgid)
 
 
+def drain_until_sampled(sampler: Sampler, pid: int, within_s: float = 10.0) -> DrainResult:
+    """One drain holding samples of ``pid`` (a loaded machine may starve it for a while)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        time.sleep(0.5)
+        r = sampler.drain()
+        if count_for(r, pid) or time.monotonic() > deadline:
+            return r
+
+
 def register_as_user_code(sampler: Sampler, pid: int) -> None:
     """Register a non-Go child as if all its code were Go user code: it then gets stacks too."""
     sampler.register(pid, text=(0, 1 << 47), hot=[], runtime=[])
@@ -479,3 +489,27 @@ def test_verifier_rejection_is_reported_with_its_log(tmp_path: Path) -> None:
     assert "the kernel refused to load on_cpu_sample" in str(e.value)
     assert "invalid mem access" in str(e.value)  # the verifier's own words
     assert bpf_fds() == before  # the failed load released what it had opened
+
+
+@pytest.mark.bpf
+def test_a_stack_without_go_frames_is_unknown_never_user(sampler: Sampler, busy: Busy) -> None:
+    """A registered process whose stack has no frame in its Go text: counted, as `unknown`, not `user`."""
+    sampler.register(busy.pid, text=(1, 2), hot=[], runtime=[])
+    try:
+        sampler.drain()
+        r = drain_until_sampled(sampler, busy.pid)
+    finally:
+        sampler.unregister(busy.pid)
+    cats = {c.category: c.count for c in r.categories if c.tgid == busy.pid}
+    assert set(cats) == {"unknown"} and cats["unknown"] > 0
+    assert r.lost["user_stack_empty"] >= cats["unknown"]
+    assert busy.pid not in sampler.registered
+
+
+@pytest.mark.bpf
+def test_an_unregistered_process_is_counted_without_a_stack_walk(sampler: Sampler, busy: Busy) -> None:
+    sampler.unregister(busy.pid)
+    sampler.drain()
+    r = drain_until_sampled(sampler, busy.pid)
+    assert {c.category for c in r.categories if c.tgid == busy.pid} == {"unregistered"}
+    assert not [s for s in r.samples if s.tgid == busy.pid]  # no profile entry: nothing was walked
