@@ -293,7 +293,13 @@ def ensure_image() -> tuple[Built, Built]:
             "build", "--pull=never", "--network=host", *secrets, "--label", f"{LABEL}={key}",
             "-t", tag, "-f", str(DOCKERFILE), str(REPO), timeout=1500,
         )  # fmt: skip
-    return base, Built(tag, key, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    # Older builds of ours go (with their layers), so repeated runs do not fill the disk.
+    listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={IMAGE_REPO}")
+    old = [ref for ref in listed.stdout.split() if ref != tag]
+    if old:
+        podman("rmi", "--force", *old, check=False)
+    return base, Built(tag, key, seconds)
 
 
 def image_size(name: str) -> int:
