@@ -6,7 +6,8 @@
   Dockerfile is then built unchanged with ``--pull=never``. Both images carry a label
   with the hash of their inputs and are rebuilt only when it changes.
 * podman runs with the private ``tests/containers/containers.conf`` (through
-  ``CONTAINERS_CONF``); the machine's /etc/containers is never read for settings we need.
+  ``CONTAINERS_CONF``) and a private image store under the project's cache (through
+  ``CONTAINERS_STORAGE_CONF``); the machine's /etc/containers is never changed.
 * pip inside the build gets this machine's package index and CA as build secrets.
 * The agent container's flags are derived from deploy/daemonset.yaml (`DaemonSetAgent`),
   so a change to the manifest changes what the tests run.
@@ -48,8 +49,22 @@ class ContainerError(RuntimeError):
     """A runtime command failed; the message carries its output."""
 
 
+def storage_conf() -> Path:
+    """A private image store under the project's cache: images of ours only, never the machine's
+    (another user importing a different ``debian:bookworm-slim`` there cannot swap our base)."""
+    from agent.lab.gotoolchain import cache_dir
+
+    root = cache_dir() / "containers"
+    conf = root / "storage.conf"
+    text = f'[storage]\ndriver = "overlay"\ngraphroot = "{root / "storage"}"\nrunroot = "{root / "run"}"\n'
+    if not conf.is_file() or conf.read_text() != text:
+        root.mkdir(parents=True, exist_ok=True)
+        conf.write_text(text)
+    return conf
+
+
 def podman_env() -> dict[str, str]:
-    return {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
+    return {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF), "CONTAINERS_STORAGE_CONF": str(storage_conf())}
 
 
 def run(cmd: Sequence[str], *, timeout: float = 120, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -294,7 +309,13 @@ def ensure_image() -> tuple[Built, Built]:
             "build", "--pull=never", "--network=host", *secrets, "--label", f"{LABEL}={key}",
             "-t", tag, "-f", str(DOCKERFILE), str(REPO), timeout=1500,
         )  # fmt: skip
-    return base, Built(tag, key, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    # Older builds of ours go (with their layers), so repeated runs do not fill the disk.
+    listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={IMAGE_REPO}")
+    old = [ref for ref in listed.stdout.split() if ref != tag]
+    if old:
+        podman("rmi", "--force", *old, check=False)
+    return base, Built(tag, key, seconds)
 
 
 def image_size(name: str) -> int:

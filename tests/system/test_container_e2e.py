@@ -548,13 +548,17 @@ LINUX_CAPS = [
 
 def ctr_flags(spec: DaemonSetAgent) -> list[str]:
     """The same manifest facts in ctr's terms (no rro there either: each sub-mount read-only)."""
-    out = ["--net-host", "--with-ns", "pid:/proc/1/ns/pid"] if spec.host_pid else ["--net-host"]
+    # runc resolves the path itself: /proc/self is runc, in the host pid namespace (/proc/1/... fails here)
+    out = ["--net-host", "--with-ns", "pid:/proc/self/ns/pid"] if spec.host_pid else ["--net-host"]
     if spec.read_only_root:
         out.append("--read-only")
     # ctr takes no "ALL": every capability the kernel knows is dropped by name except the added ones.
     dropped = LINUX_CAPS if "ALL" in spec.cap_drop else spec.cap_drop
     out += [a for c in dropped if c not in spec.cap_add for a in ("--cap-drop", f"CAP_{c}")]
-    out += [a for c in spec.cap_add for a in ("--cap-add", f"CAP_{c}")]
+    # runc cannot grant what this process's bounding set lacks (here: SYS_RESOURCE); podman leaves
+    # such capabilities out by itself, ctr fails, so they are left out here the same way.
+    bounding = int(re.search(r"^CapBnd:\s*([0-9a-f]+)", Path("/proc/self/status").read_text(), re.M)[1], 16)  # type: ignore[index]
+    out += [a for c in spec.cap_add if bounding >> LINUX_CAPS.index(c) & 1 for a in ("--cap-add", f"CAP_{c}")]
     if spec.memory_limit:
         out += ["--memory-limit", str(spec.memory_limit)]
     if spec.seccomp != "Unconfined":
