@@ -138,6 +138,7 @@ class Pipeline:
         self.stats = PipelineStats()
         self.parse_budget = parse_budget or sandbox.Budget()
         self.skipped_by_deadline = 0  # processes the last run left out
+        self._skipped: set[int] = set()  # their tgids: first in line next run, so a backlog drains
         self._deadline: Deadline | None = None
         self._throttle_start: dict[str, Throttle] = {}
 
@@ -190,10 +191,12 @@ class Pipeline:
         other_comms: Counter[str] = Counter()
         exited = 0
         errors: list[str] = []
-        for tgid, stacks in sorted(by_tgid.items()):
+        skipped_before, self._skipped = self._skipped, set()
+        for tgid, stacks in sorted(by_tgid.items(), key=lambda kv: (kv[0] not in skipped_before, kv[0])):
             count = sum(n for _, n in stacks)
             if self._expired():
                 self.skipped_by_deadline += 1
+                self._skipped.add(tgid)
                 continue
             try:
                 info = self.procfs.snapshot(tgid)
@@ -213,6 +216,7 @@ class Pipeline:
                 binary = self._binary(info)
             except DeadlineExceededError:
                 self.skipped_by_deadline += 1
+                self._skipped.add(tgid)
                 continue
             if binary is None:
                 other.processes += 1
@@ -223,6 +227,7 @@ class Pipeline:
                 go.append(self._report(info, binary, stacks, frequency_hz))
             except DeadlineExceededError:
                 self.skipped_by_deadline += 1
+                self._skipped.add(tgid)
             except NodeAgentError as exc:
                 self.stats.errors["report_failed"] += 1
                 errors.append(f"pid {tgid} ({info.comm}): {exc.describe()}")
