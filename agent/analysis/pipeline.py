@@ -12,6 +12,7 @@ rest of the window is skipped and counted, so no input can stall a cycle.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -36,6 +37,8 @@ from agent.gobinary import sandbox
 from agent.gobinary.symbolizer import BinaryCache, GoBinary
 from agent.host.procfs import ProcessInfo, ProcFS
 from agent.sampling.sampler import DrainResult
+
+log = logging.getLogger("node_agent")
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,7 @@ class Pipeline:
         if exe is None:
             return None
         path = exe.open_path
+        known = self.binaries.has_failed(exe.file_key)
         try:
             return self.binaries.get(
                 exe.file_key, lambda: sandbox.parse_file(path, self.parse_budget, expired=self._stopping)
@@ -265,6 +269,8 @@ class Pipeline:
             return None
         except BinaryError as exc:
             self.stats.errors[_binary_error_kind(exc)] += 1
+            if not known:  # one line per file, not one per cycle
+                log.warning("pid %d: binary skipped: %s", info.pid, exc.describe())
             return None
 
     def _stacks(self, stacks: list[tuple[tuple[int, ...], int]]) -> Iterator[tuple[tuple[int, ...], int]]:
@@ -301,6 +307,7 @@ class Pipeline:
         if binary.failed is not None:
             if not already_failed:  # counted once per binary, however many processes run it
                 self.stats.errors[_binary_error_kind(binary.failed, symbolizing=True)] += 1
+                log.warning("pid %d: symbols no longer read: %s", info.pid, binary.failed.describe())
             problems.append(f"symbols: {binary.failed.describe()}")
         cg: CgroupFacts
         try:

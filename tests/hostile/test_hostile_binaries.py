@@ -146,8 +146,11 @@ def judged(node: Node, cg: Cgroup) -> float | None:
 def attack(node: Node, binary: Path, name: str, kind: str) -> None:
     """Run one hostile binary for a few cycles; it is counted under ``kind`` and the node is fine."""
     before = node.errors(kind)
+    logged = len(node.agent.log_text())
     with hostile(node, binary, name):
         node.wait(f"{name} counted as {kind}", lambda: node.errors(kind) > before, timeout=40)
+        said = node.agent.log_text()[logged:]  # one clear line
+        assert "binary skipped: " in said or "symbols no longer read: " in said, said[-2000:]
         node.wait_cycles(2)  # and cycles go on
         node.assert_fine()
     node.assert_fine()
