@@ -144,6 +144,7 @@ class Pipeline:
         self.stats = PipelineStats()
         self.parse_budget = parse_budget or sandbox.Budget()
         self.skipped_by_deadline = 0  # processes the last run left out
+        self._skipped: set[int] = set()  # their tgids: first in line next run, so a backlog drains
         self._deadline: Deadline | None = None
         self._ranges: BoundedCache[str, CategoryRanges | None] = BoundedCache(256)
         self._throttle_start: dict[str, Throttling] = {}
@@ -223,10 +224,12 @@ class Pipeline:
         other_comms: Counter[str] = Counter()
         exited = 0
         errors: list[str] = []
-        for tgid, cats in sorted(counts.items()):
+        skipped_before, self._skipped = self._skipped, set()
+        for tgid, cats in sorted(counts.items(), key=lambda kv: (kv[0] not in skipped_before, kv[0])):
             count = sum(cats.values())
             if self._expired():
                 self.skipped_by_deadline += 1
+                self._skipped.add(tgid)
                 continue
             try:
                 info = self.procfs.snapshot(tgid)
@@ -246,6 +249,7 @@ class Pipeline:
                 binary = self._binary(info)
             except DeadlineExceededError:
                 self.skipped_by_deadline += 1
+                self._skipped.add(tgid)
                 continue
             if binary is None:
                 other.processes += 1
@@ -262,6 +266,7 @@ class Pipeline:
                 go.append(self._report(info, binary, bias, profile, frequency_hz))
             except DeadlineExceededError:
                 self.skipped_by_deadline += 1
+                self._skipped.add(tgid)
             except NodeAgentError as exc:
                 self.stats.errors["report_failed"] += 1
                 errors.append(f"pid {tgid} ({info.comm}): {exc.describe()}")
@@ -367,6 +372,7 @@ class Pipeline:
         if exe is None:
             return None
         path = exe.open_path
+        known = self.binaries.has_failed(exe.file_key)
         try:
             return self.binaries.get(
                 exe.file_key, lambda: sandbox.parse_file(path, self.parse_budget, expired=self._stopping)
@@ -375,6 +381,8 @@ class Pipeline:
             return None
         except BinaryError as exc:
             self.stats.errors[_binary_error_kind(exc)] += 1
+            if not known:  # one line per file, not one per cycle
+                log.warning("pid %d: binary skipped: %s", info.pid, exc.describe())
             return None
 
     def _gomaxprocs(self, info: ProcessInfo, binary: GoBinary, bias: int | None, facts: Facts) -> Gomaxprocs:
@@ -403,6 +411,7 @@ class Pipeline:
         if binary.failed is not None:
             if not already_failed:  # counted once per binary, however many processes run it
                 self.stats.errors[_binary_error_kind(binary.failed, symbolizing=True)] += 1
+                log.warning("pid %d: symbols no longer read: %s", info.pid, binary.failed.describe())
             problems.append(f"symbols: {binary.failed.describe()}")
         cg: CgroupFacts
         try:

@@ -107,6 +107,36 @@ class FileView:
 Buffer = bytes | FileView
 
 
+_GO_SECTION_NAMES = (b"gopclntab\0", b".go.buildinfo\0", b".note.go.buildid\0")
+_MAX_SHSTRTAB = 1 << 20
+
+
+def has_go_sections(data: Buffer, name: str) -> bool:
+    """Whether an ELF file names a Go section (pclntab, build info or build ID note), read with
+    a few bounded reads and no parser: what decides if a file is worth a sandboxed parse.
+
+    Every Go binary since 1.13 has ``.go.buildinfo``, stripped or not; without section
+    headers at all the pclntab cannot be located anyway.
+    """
+    if len(data) < 64 or data[:4] != b"\x7fELF":
+        raise NotELFError(f"{name}: not an ELF file")
+    _check_header_budget(data, name)
+    head = data[:64]
+    order = "<" if head[5] == 1 else ">"
+    wide = head[4] == 2
+    shoff = struct.unpack_from(order + ("Q" if wide else "I"), head, 0x28 if wide else 0x20)[0]
+    shentsize, shnum, shstrndx = struct.unpack_from(order + "HHH", head, 0x3A if wide else 0x2E)
+    if not shoff or shentsize < (64 if wide else 40) or shstrndx >= max(shnum, 1) or shstrndx == 0:
+        return False
+    entry = data[shoff + shstrndx * shentsize : shoff + (shstrndx + 1) * shentsize]
+    if wide:
+        off, size = struct.unpack_from(order + "QQ", entry, 24)
+    else:
+        off, size = struct.unpack_from(order + "II", entry, 16)
+    strings = data[off : off + min(size, _MAX_SHSTRTAB)]
+    return any(n in strings for n in _GO_SECTION_NAMES)
+
+
 def _check_header_budget(data: Buffer, name: str) -> None:
     """Section and segment header tables must fit the file and the budget, before parsing them."""
     head = data[:64]

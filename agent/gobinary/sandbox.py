@@ -8,8 +8,10 @@ new file in a fresh ``python -m agent.gobinary.sandbox`` whose address space
 and takes the answer back as plain data (:class:`PlainBinary`: JSON facts and
 byte blobs, size-capped, never pickle). The file reaches the child as its
 stdin, opened by the parent, so the child parses the file the parent
-checked. ``runtime.gomaxprocs``' address is derived in the child from the
-same file, so it travels with the content it came from.
+checked; a file that names no Go section (most of a node's programs) is
+answered in-process from a few bounded reads, without a child.
+``runtime.gomaxprocs``' address is derived in the child from the same file,
+so it travels with the content it came from.
 
 Wire format (child -> parent, on stdout): 8-byte big-endian length, a JSON
 header, then the blobs whose sizes the header lists. An error is a header
@@ -42,6 +44,7 @@ from agent.errors import (
     NotGoError,
     UnsupportedGoError,
 )
+from agent.gobinary.elf import FileView, has_go_sections
 from agent.gobinary.symbolizer import PlainBinary
 
 MAX_HEADER = 1 << 20
@@ -80,8 +83,11 @@ def parse_file(
     except OSError as exc:
         raise BinaryError(f"{name}: cannot open: {exc.strerror or exc}") from None
     with f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
             raise NotELFError(f"{name}: not a regular file")
+        if not has_go_sections(FileView(f.fileno(), st.st_size, name), name):  # most of a node: no child
+            raise NotGoError(f"{name}: no Go sections")
         return _run_child(f, name, budget, expired)
 
 
@@ -213,7 +219,7 @@ def _write(header: dict[str, object], blobs: list[bytes]) -> None:
 def main(argv: list[str]) -> int:
     memory_bytes, cpu_s, name = int(argv[0]), int(argv[1]), argv[2]
     # Everything the parse needs is imported before the limits apply; then the file.
-    from agent.gobinary.elf import ElfImage, FileView  # noqa: PLC0415
+    from agent.gobinary.elf import ElfImage  # noqa: PLC0415
     from agent.gobinary.globals import gomaxprocs_address  # noqa: PLC0415 - child only
     from agent.gobinary.symbolizer import GoBinary  # noqa: PLC0415
 

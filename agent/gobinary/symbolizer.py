@@ -432,6 +432,11 @@ class BinaryCache:
             self._by_file.put(file_key, identity)
         return binary
 
+    def has_failed(self, file_key: tuple[object, ...]) -> bool:
+        """Whether ``file_key`` is remembered as failed (so a caller reports a failure once)."""
+        with self._lock:
+            return file_key in self._failures
+
     def _reweigh(self) -> None:
         """Evict least recently used binaries while over ``max_bytes`` (never the newest)."""
         self.weight = sum(binary_weight(b) for b in self._by_build.values())

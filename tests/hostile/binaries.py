@@ -189,12 +189,32 @@ def _varint(v: int) -> bytes:
 
 
 def declaring_build_id(src: Path, build_id: str, dst: Path) -> Path:
-    """``src`` with its Go build ID (note and text marker) replaced by ``build_id``."""
+    """``src`` with its Go build ID (note and text marker) replaced by ``build_id``, and its
+    ``runtime.gomaxprocs`` symbol pointing at ``runtime.ncpu`` instead: an agent that trusted the
+    declared ID would read the victim's GOMAXPROCS from an address the attacker chose."""
     own = GoBinary.open(src).go_build_id
     assert own is not None and len(own) == len(build_id), (own, build_id)
-    data = src.read_bytes()
+    data = bytearray(src.read_bytes())
     assert data.count(own.encode()) >= 1
-    return _write(dst, data.replace(own.encode(), build_id.encode()))
+    data = bytearray(bytes(data).replace(own.encode(), build_id.encode()))
+    img = open_image(src)
+    ncpu = img.symbol("runtime.ncpu")
+    assert ncpu is not None
+    struct.pack_into("<Q", data, _symbol_entry_offset(img, "runtime.gomaxprocs") + 8, ncpu[0])  # st_value
+    return _write(dst, data)
+
+
+def _symbol_entry_offset(img: ElfImage, name: str) -> int:
+    """File offset of the 64-bit .symtab entry named ``name``."""
+    symtab, strtab = img.section(".symtab"), img.section(".strtab")
+    assert symtab is not None and strtab is not None
+    strings = img.section_data(strtab)
+    raw = img.section_data(symtab)
+    for i in range(0, len(raw) - 23, 24):
+        (st_name,) = struct.unpack_from("<I", raw, i)
+        if strings[st_name : strings.index(b"\0", st_name)] == name.encode():
+            return symtab.offset + i
+    raise AssertionError(f"no symbol {name}")
 
 
 # ---- real processes ------------------------------------------------------------------------------

@@ -52,7 +52,6 @@ class ContainerError(RuntimeError):
 def storage_conf() -> Path:
     """A private image store under the project's cache: images of ours only, never the machine's
     (another user importing a different ``debian:bookworm-slim`` there cannot swap our base)."""
-    from agent.lab.gotoolchain import cache_dir
 
     root = cache_dir() / "containers"
     conf = root / "storage.conf"

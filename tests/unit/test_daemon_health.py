@@ -16,7 +16,7 @@ from pathlib import Path
 from agent.analysis.pipeline import Deadline, Pipeline
 from agent.commands.daemon import FAILING_CYCLES, Daemon, DaemonConfig
 from agent.host.cgroupfs import HostCgroups
-from agent.host.procfs import ProcFS
+from agent.host.procfs import ProcessInfo, ProcFS
 from agent.sampling.sampler import CategoryCount, DrainResult, Sample
 
 
@@ -104,6 +104,21 @@ def test_a_passed_deadline_skips_the_rest_of_the_window_and_is_counted() -> None
     assert pipeline.skipped_by_deadline == len(pids)
     assert pipeline.stats.errors["cycle_deadline"] == 1
     assert result.go == [] and any("deadline" in e for e in result.errors)
+    # Those left out go first next time, so a backlog larger than one cycle still drains
+    order: list[int] = []
+    real_snapshot = pipeline.procfs.snapshot
+
+    def snapshot(pid: int) -> ProcessInfo | None:
+        order.append(pid)
+        return real_snapshot(pid)
+
+    pipeline.procfs.snapshot = snapshot  # type: ignore[method-assign]
+    every = (1, *pids)
+    samples = [Sample(pid, 0, 0, (0x401000,), 3) for pid in every]
+    categories = [CategoryCount(pid, 0, "user", 3) for pid in every]
+    wider = DrainResult(samples=samples, lost={}, idle_samples=0, interval_seconds=1, categories=categories)
+    pipeline.run(wider, frequency_hz=97, duration_s=1.0, deadline=Deadline(time.monotonic() + 3600))
+    assert order == [*sorted(pids), 1]
     stop = threading.Event()
     stop.set()  # SIGTERM: the same cut, however far away the deadline
     pipeline.run(drain, frequency_hz=97, duration_s=1.0, deadline=Deadline(time.monotonic() + 3600, stop))
