@@ -91,7 +91,7 @@ def test_quick_start_is_the_two_scripts_ci_runs() -> None:
     blocks = re.findall(r"```sh\n(.*?)```", quick, re.DOTALL)
     assert [b.strip() for b in blocks] == ["./scripts/demo.sh", "./scripts/test.sh"]
     assert "exec ./scripts/test.sh" in (REPO / ".ci" / "run").read_text()
-    assert "node-agent\" demo" in (REPO / "scripts" / "demo.sh").read_text()
+    assert 'node-agent" demo' in (REPO / "scripts" / "demo.sh").read_text()
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:
