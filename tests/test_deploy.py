@@ -969,8 +969,24 @@ def host_write():
     with open(f"{proc}/{pid}/root{writable}/planted", "w") as f:
         f.write("x")
     return "written"
+def vm_writev():
+    # Write a writable mapping's first 8 bytes back unchanged: addressed by pid, needs only the
+    # ptrace check (CAP_SYS_PTRACE), no file at all, so no mount or file owner stops it.
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    class iovec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+    line = next(l for l in open(f"{proc}/{pid}/maps") if l.split()[1].startswith("rw"))
+    addr = int(line.split("-")[0], 16)
+    buf = ctypes.create_string_buffer(8)
+    local, remote = iovec(ctypes.addressof(buf), 8), iovec(addr, 8)
+    for fn in (libc.process_vm_readv, libc.process_vm_writev):
+        if fn(int(pid), ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) != 8:
+            raise OSError(ctypes.get_errno(), "process_vm")
+    return "written"
 attempt("mem_read", mem_read)
 attempt("mem_write", mem_write)
+attempt("process_vm_writev", vm_writev)
 attempt("exe", lambda: open(f"{proc}/{pid}/exe", "rb").read(4).hex())
 attempt("read_0400_through_root", lambda: open(f"{proc}/{pid}/root{secret}").read().strip())
 attempt("write_host_file_through_root", host_write)
@@ -1023,23 +1039,44 @@ def root_victim(tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
         # What a compromised agent could do before: hostPID (/proc is the host's, writable), uid 0.
         (
             "hostPID-uid0",
-            {"mem_read": "ok", "mem_write": "opened", "write_host_file_through_root": "written"},
+            {
+                "mem_read": "ok",
+                "mem_write": "opened",
+                "process_vm_writev": "written",
+                "write_host_file_through_root": "written",
+            },
         ),
         # No hostPID: the read-only /host/proc stops /proc/PID/mem writes, but the /proc/PID/root
         # magic link leaves the read-only mount, and uid 0 owns the host's files.
         (
             "no-hostPID-uid0",
-            {"mem_read": "ok", "mem_write": "EROFS", "write_host_file_through_root": "written"},
+            {
+                "mem_read": "ok",
+                "mem_write": "EROFS",
+                "process_vm_writev": "ESRCH",
+                "write_host_file_through_root": "written",
+            },
         ),
         # The manifest now: no hostPID and, after start, a uid that owns nothing.
         (
             "no-hostPID-dropped",
-            {"mem_read": "ok", "mem_write": "EACCES", "write_host_file_through_root": "EACCES"},
+            {
+                "mem_read": "ok",
+                "mem_write": "EACCES",
+                "process_vm_writev": "ESRCH",
+                "write_host_file_through_root": "EACCES",
+            },
         ),
-        # Even with hostPID, the dropped uid cannot open another process's memory for writing.
+        # With hostPID the dropped uid cannot open /proc/PID/mem for writing, but process_vm_writev
+        # (and ptrace) address host pids directly with CAP_SYS_PTRACE: why hostPID stays off.
         (
             "hostPID-dropped",
-            {"mem_read": "ok", "mem_write": "EACCES", "write_host_file_through_root": "EACCES"},
+            {
+                "mem_read": "ok",
+                "mem_write": "EACCES",
+                "process_vm_writev": "written",
+                "write_host_file_through_root": "EACCES",
+            },
         ),
     ],
 )
