@@ -5,8 +5,11 @@ against the Kubernetes API schemas (kubernetes-validate, newest schema it ships,
 Prometheus Operator kinds, which it does not know, against the fields of their CRDs; rules
 through ``promtool check rules`` and ``promtool test rules``; the Dockerfile through hadolint.
 The DaemonSet's security settings are asserted field by field, and its capability set is tried
-for real: bcc loads and attaches a perf-event program with exactly that set, reads another
-user's process, and fails without CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH.
+for real: bcc loads and attaches a perf-event program with exactly that set (also under
+containerd's RuntimeDefault seccomp profile), reads another user's process as uid 0 and as the
+uid the agent switches to, and fails without CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE,
+CAP_DAC_READ_SEARCH, CAP_SETUID or CAP_SETGID; the agent runs without hostPID through a read-only
+host /proc; and what a compromised agent could write before, and no longer can, is tried.
 """
 
 from __future__ import annotations
@@ -771,6 +774,9 @@ except Exception as exc:
 PROC_PROGRAM = r"""
 import errno, json, sys
 pid = sys.argv[1]
+if sys.argv[2:] == ["drop"]:  # as the agent runs after start: --user 2000000000
+    from agent.host.privileges import drop_to
+    drop_to(2000000000, 2000000000)
 out = {"caps": next(l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff:"))}
 def attempt(name, fn):
     try:
@@ -812,6 +818,7 @@ def as_container(
         text=True,
         timeout=120,
         env={**os.environ, **(env or {})},
+        cwd=ROOT,  # the programs may import agent
         check=False,
     )
     assert res.returncode == 0, res.stderr
@@ -931,10 +938,14 @@ def other_users_process() -> Iterator[int]:
     ],
     ids=["documented-set", "without-SYS_PTRACE", "without-DAC_READ_SEARCH"],
 )
+@pytest.mark.parametrize("identity", ["uid0", "dropped-uid"])
 def test_capability_set_reads_other_users_processes(
-    other_users_process: int, removed: frozenset[str], expected: dict[str, str]
+    other_users_process: int, removed: frozenset[str], expected: dict[str, str], identity: str
 ) -> None:
-    result = as_container(CAPABILITIES - removed, [sys.executable, "-c", PROC_PROGRAM, str(other_users_process)])
+    """As uid 0 and as the uid the agent switches to: each capability is needed by both."""
+    argv = [sys.executable, "-c", PROC_PROGRAM, str(other_users_process)]
+    drops = frozenset({"SETUID", "SETGID"}) if identity == "dropped-uid" else frozenset()
+    result = as_container(CAPABILITIES - removed, argv + (["drop"] if drops else []), drops=drops)
     got = {k: ("denied" if result[k] in {"EACCES", "EPERM"} else "ok") for k in expected}
     assert got == expected, result
     if expected["exe"] == "ok":
