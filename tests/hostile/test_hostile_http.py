@@ -203,7 +203,12 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0) -> bytes:
 def test_thousand_idle_connections_do_not_exhaust_fds_or_stop_sampling(sampling_agent: Agent) -> None:
     agent = sampling_agent
     threads_before, rss_before = agent.status("Threads"), agent.status("VmRSS")
+    # The baseline: cycles completed in 8 s without the attack (this 2-CPU machine is shared).
+    cycles_before = agent.cycles()
+    time.sleep(8)
+    baseline = agent.cycles() - cycles_before
     evicted_before, cycles_before = agent.errors("http_connection_evicted"), agent.cycles()
+    failed_before = agent.errors("cycle_failed") + agent.errors("drain_failed")
     socks: list[socket.socket] = []
     closed: set[int] = set()
     peak_fds = peak_threads = scrapes = 0
@@ -218,8 +223,8 @@ def test_thousand_idle_connections_do_not_exhaust_fds_or_stop_sampling(sampling_
                 s.connect_ex(("127.0.0.1", agent.port))
                 socks.append(s)
             time.sleep(0.02)
-        end = time.monotonic() + 30
-        while time.monotonic() < end and len(closed) < 950:
+        start = time.monotonic()
+        while time.monotonic() < start + 30 and (len(closed) < 950 or time.monotonic() < start + 8):
             peak_fds = max(peak_fds, agent.fds())
             peak_threads = max(peak_threads, agent.status("Threads"))
             status, _, _ = agent.get("/metrics", timeout=5)  # the scraper still gets in
@@ -232,7 +237,9 @@ def test_thousand_idle_connections_do_not_exhaust_fds_or_stop_sampling(sampling_
         for s in socks:
             s.close()
     assert scrapes >= 10
-    assert cycles_during >= 5, agent.log.read_text()[-2000:]
+    # At least 8 s of attack: cycles kept completing about as often as without it, none failed.
+    assert cycles_during >= max(1, baseline // 2), (baseline, cycles_during, agent.log.read_text()[-2000:])
+    assert agent.errors("cycle_failed") + agent.errors("drain_failed") == failed_before
     assert peak_fds < NOFILE // 2, peak_fds  # the cap holds, far from the limit the sampler needs
     assert peak_threads <= threads_before + 4, (threads_before, peak_threads)  # the pool, nothing per connection
     assert agent.status("VmRSS") - rss_before < 64 * 1024  # kB
@@ -282,7 +289,7 @@ def test_slowloris_half_sent_requests_are_cut_and_do_not_hold_workers(sampling_a
     assert len(cut_after) == len(socks), f"{len(socks) - len(cut_after)} half-sent requests still held"
     assert max(cut_after.values()) < 5 + 3  # header_timeout_s, plus one trickle tick and scheduling
     assert worst_scrape < 2.0
-    assert agent.cycles() - cycles_before >= 3
+    assert agent.cycles() - cycles_before >= 2
     assert agent.errors("http_timeout", fresh=True) - timeouts_before >= 100
 
 

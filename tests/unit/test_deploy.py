@@ -5,8 +5,11 @@ against the Kubernetes API schemas (kubernetes-validate, newest schema it ships,
 Prometheus Operator kinds, which it does not know, against the fields of their CRDs; rules
 through ``promtool check rules`` and ``promtool test rules``; the Dockerfile through hadolint.
 The DaemonSet's security settings are asserted field by field, and its capability set is tried
-for real: bcc loads and attaches a perf-event program with exactly that set, reads another
-user's process, and fails without CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH.
+for real: bcc loads and attaches a perf-event program with exactly that set (also under
+containerd's RuntimeDefault seccomp profile), reads another user's process as uid 0 and as the
+uid the agent switches to, and fails without CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE,
+CAP_DAC_READ_SEARCH, CAP_SETUID or CAP_SETGID; the agent runs without hostPID through a read-only
+host /proc; and what a compromised agent could write before, and no longer can, is tried.
 """
 
 from __future__ import annotations
