@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from agent.errors import BinaryError, CorruptBinaryError, NotGoError
 from agent.gobinary.buildinfo import BuildInfo, read_buildinfo
@@ -24,9 +23,6 @@ from agent.gobinary.elf import ElfImage, open_image
 from agent.gobinary.locate import GoTables, locate
 from agent.gobinary.pclntab import Frame, LineTable
 from agent.lru import BoundedCache
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 @dataclass(frozen=True)
