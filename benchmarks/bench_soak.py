@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agent.errors import NodeAgentError
+from agent.host.cgroupmodel import parse_cpu_stat
 from agent.lab import cgroupwriter
 from agent.shutdown import Terminated, raising_signals
 from benchmarks.common import (
@@ -345,12 +346,10 @@ class SoakCgroups:
 
     def throttled_periods(self) -> int:
         try:
-            for line in (self.root / "cpu.stat").read_text().splitlines():
-                if line.startswith("nr_throttled "):
-                    return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
+            stat = parse_cpu_stat((self.root / "cpu.stat").read_text(), 1)
+        except (OSError, NodeAgentError):
+            return 0
+        return stat.nr_throttled if stat is not None else 0
 
     def remove(self) -> None:
         remove_cgroup(self.root)

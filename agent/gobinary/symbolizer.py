@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from agent.errors import BinaryError, BudgetExceededError, CorruptBinaryError, NotGoError
 from agent.gobinary.buildinfo import BuildInfo, parse_modinfo, read_buildinfo_raw
@@ -31,9 +31,6 @@ from agent.gobinary.elf import ElfImage, RegionImage, Segment, open_image
 from agent.gobinary.locate import GoTables, locate
 from agent.gobinary.pclntab import Frame, LineTable, PclnVersion
 from agent.lru import BoundedCache
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 @dataclass(frozen=True)

@@ -157,11 +157,6 @@ class MappedRegion:
     def is_file(self) -> bool:
         return self.inode != 0
 
-    @property
-    def is_special(self) -> bool:
-        """[heap], [stack], [vdso], [vvar], [anon:name]..."""
-        return self.inode == 0 and self.path.startswith("[") and self.path.endswith("]")
-
     def contains(self, addr: int) -> bool:
         return self.start <= addr < self.end
 
@@ -451,10 +446,6 @@ class ProcFS:
     def __init__(self, proc_root: Path | str = Path("/proc"), *, clock_ticks: int | None = None) -> None:
         self.root = Path(proc_root)
         self.clock_ticks = clock_ticks or os.sysconf("SC_CLK_TCK")
-
-    @classmethod
-    def from_host_root(cls, host_root: Path | str) -> ProcFS:
-        return cls(Path(host_root) / "proc")
 
     def pid_path(self, pid: int) -> Path:
         return self.root / str(pid)

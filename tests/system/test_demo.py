@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -258,16 +259,37 @@ def demo_ready() -> cgroupwriter.CpuHierarchy:
     return hierarchy
 
 
+# Every process a demo under test starts inherits this mark (the demo passes its environment on):
+# another demo running on a shared machine uses the same cached binary and cgroup prefix, and is not ours.
+RUN_MARK = "NODE_AGENT_TEST_DEMO_RUN"
+
+
+@pytest.fixture(autouse=True)
+def run_mark(monkeypatch: pytest.MonkeyPatch) -> str:
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv(RUN_MARK, mark)
+    return mark
+
+
 def leftover_cgroups(hierarchy: cgroupwriter.CpuHierarchy) -> list[str]:
-    return sorted(p.name for p in hierarchy.root.glob(demo.CGROUP_PREFIX + "*"))
+    """Demo trees left behind: this process's, or one whose demo has exited (a running demo elsewhere is not)."""
+    left = []
+    for p in hierarchy.root.glob(demo.CGROUP_PREFIX + "*"):
+        owner = p.name.removeprefix(demo.CGROUP_PREFIX)
+        if owner.isdigit() and int(owner) != os.getpid() and cgroupwriter.pid_alive(int(owner)):
+            continue
+        left.append(p.name)
+    return sorted(left)
 
 
 def processes_running(exe: Path) -> list[int]:
+    """Processes of ``exe`` that this test's demo started (they carry its mark)."""
+    mark = f"{RUN_MARK}={os.environ[RUN_MARK]}".encode()
     found = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                if os.readlink(d / "exe") == str(exe):
+                if os.readlink(d / "exe") == str(exe) and mark in (d / "environ").read_bytes().split(b"\0"):
                     found.append(int(d.name))
             except OSError:
                 continue
@@ -377,6 +399,7 @@ def test_signal_mid_run_cleans_up(tmp_path: Path, sig: signal.Signals, status: i
     try:
         pids = _wait_for_load(proc, tree, 600)
         exes = {Path(os.readlink(f"/proc/{pid}/exe")) for pid in pids}
+        assert set(pids) <= set(processes_running(next(iter(exes))))  # the mark reaches the demo's children
         time.sleep(DEMO_WARMUP_S + 2)  # inside the profile window: sampler attached, load flowing
         sent = time.monotonic()
         proc.send_signal(sig)

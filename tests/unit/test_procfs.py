@@ -215,10 +215,10 @@ def test_parse_maps_properties_and_order() -> None:
     maps = parse_maps(text)
     assert [m.start for m in maps] == [0x1000, 0x2000, 0x3000]
     code, anon, vvar = maps
-    assert code.executable and code.readable and not code.writable and code.is_file and not code.is_special
+    assert code.executable and code.readable and not code.writable and code.is_file
     assert code.device == os.makedev(8, 1) and code.size == 0x1000
-    assert anon.writable and not anon.is_file and not anon.is_special
-    assert vvar.is_special and not vvar.executable
+    assert anon.writable and not anon.is_file
+    assert not vvar.is_file and not vvar.executable
     assert parse_maps("") == []
 
 
@@ -325,9 +325,8 @@ def test_list_pids_missing_root(tmp_path: Path) -> None:
         ProcFS(tmp_path / "nope").list_pids()
 
 
-def test_from_host_root() -> None:
-    assert ProcFS.from_host_root("/host").root == Path("/host/proc")
-    assert ProcFS.from_host_root(Path("/host")).pid_path(7) == Path("/host/proc/7")
+def test_root_and_pid_path() -> None:
+    assert ProcFS(Path("/host/proc")).pid_path(7) == Path("/host/proc/7")
 
 
 def test_fixture_snapshot_go_server(fake: ProcFS) -> None:
