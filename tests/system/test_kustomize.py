@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support.capabilities import need
+from tests.unit.test_deploy import CRD_SHAPES, shape_errors
 
 yaml: Any = importlib.import_module("yaml")
 
@@ -152,6 +153,15 @@ def test_manifests_need_exactly_the_minimum_kubernetes_version(tmp_path: Path, t
     below = validate(out, f"{major}.{minor - 1}.0")
     assert below.returncode != 0
     assert f"'{BELOW_MIN_REASON}' was unexpected" in below.stdout + below.stderr
+
+
+@pytest.mark.parametrize("target", ["deploy", "overlays/kube-prometheus-stack"])
+def test_rendered_operator_objects_match_their_crds(target: str) -> None:
+    """kubernetes-validate has no schema for the Prometheus Operator's kinds: test_deploy's CRD shapes."""
+    docs = [d for d in render(REPO / target) if (d["apiVersion"], d["kind"]) in CRD_SHAPES]
+    assert sorted(d["kind"] for d in docs) == ["PodMonitor", "PrometheusRule"]
+    for doc in docs:
+        assert shape_errors(doc, CRD_SHAPES[(doc["apiVersion"], doc["kind"])]) == [], doc["kind"]
 
 
 def test_readme_states_the_minimum_version_and_its_reason() -> None:

@@ -155,3 +155,14 @@ def test_hostile_environment_value_is_escaped_and_cut(
         build_parser().parse_args(["run"])
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "\x1b" not in err and len(err) < 300, err
+
+
+def test_bad_listen_from_the_environment_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NODE_AGENT_LISTEN is checked where the flag is (parse_listen, before anything starts)."""
+    monkeypatch.setenv("NODE_AGENT_LISTEN", "no-port-here")
+    monkeypatch.setattr("agent.logsetup.configure_logging", lambda *_a, **_k: None)  # keep pytest's handlers
+    assert main(["run", "--no-kubernetes"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no-port-here" in err and "Traceback" not in err, err
