@@ -29,7 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.errors import BinaryError, BudgetExceededError, CorruptBinaryError
+from agent.errors import BinaryError, BudgetExceededError, CorruptBinaryError, NotGoError
+from agent.gobinary import sandbox
 from agent.gobinary.elf import ElfImage, open_image
 from agent.gobinary.pclntab import LineTable
 from agent.gobinary.symbolizer import GoBinary
@@ -180,6 +181,25 @@ def test_function_count_the_table_cannot_hold_is_refused_without_allocating() ->
         finally:
             tracemalloc.stop()
         assert peak < 4 * len(table), peak  # the copy we passed in, not 16 million entries
+
+
+def test_every_binary_of_the_node_is_not_a_sandboxed_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Non-Go programs (most of a node) are answered from a few bounded reads; Go ones get a child."""
+    spawned: list[object] = []
+    real = subprocess.Popen
+
+    def popen(*args: object, **kwargs: object) -> object:
+        spawned.append(args)
+        return real(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)  # what sandbox.py calls
+    for program in ("/bin/ls", "/usr/bin/python3"):
+        with pytest.raises(NotGoError):
+            sandbox.parse_file(os.path.realpath(program))
+    assert spawned == []
+    plain = sandbox.parse_file(hb.spin_binary())
+    assert len(spawned) == 1
+    assert GoBinary.from_plain(plain).table.find_function("main.spin") is not None
 
 
 # ---- deadlines on work -----------------------------------------------------------------------------

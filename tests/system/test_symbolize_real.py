@@ -179,7 +179,8 @@ def test_info_and_identity(minor: tuple[int, int], arch: str) -> None:
     assert info.go_version == full.toolchain.version_string
     assert info.is_pie and not info.automaxprocs
     assert info.functions > 1000
-    assert a.go_build_id and a.identity.startswith("go:")
+    assert a.go_build_id and a.identity.startswith("sha256:")  # content, never the declared build ID
+    assert b.identity != a.identity
     assert b.go_build_id != a.go_build_id  # different links, different IDs
     out = subprocess.run(
         [sys.executable, "-m", "agent", "symbolize", "--info", str(sw.path)],
