@@ -8,7 +8,7 @@ that the fake API server names shop/web-7d9f8b6c5-x2kqz/app. Oracles: the runtim
 the manifest (every flag is derived from it by tests/containers.py).
 
 Figures (build times, image size, start-to-ready, memory peak) are printed and written to
-``$NODE_AGENT_E2E_FIGURES`` (default: the test's tmp dir) for the README.
+``$NODE_AGENT_E2E_FIGURES`` (if set) for the README.
 """
 
 from __future__ import annotations
