@@ -150,7 +150,9 @@ def test_agent_without_bpf_stays_up_and_says_why(tmp_path: Path) -> None:
     try:
         wait_for(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 30, "/healthz")
         _status, body = wait_for(
-            lambda: (r := get(f"http://127.0.0.1:{port}/readyz"))[0] == 503 and r, 30, "/readyz 503"
+            lambda: (r := get(f"http://127.0.0.1:{port}/readyz"))[0] == 503 and b"starting" not in r[1] and r,
+            30,
+            "/readyz 503 with the reason",
         )
         assert b"BPF sampler unavailable" in body and b"no-such-headers" in body
         metrics = get(f"http://127.0.0.1:{port}/metrics")[1].decode()
