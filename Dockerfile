@@ -16,7 +16,7 @@
 # /usr/share/node-agent/kernel-headers, used last. The program reads no kernel structure,
 # only UAPI definitions (struct bpf_perf_event_data, pt_regs, map and helper ABI), which the
 # kernel keeps stable, so headers of another release compile a program that loads and
-# samples correctly (README "Kernel headers").
+# samples correctly (README "The image").
 # The agent runs as root: loading BPF programs needs uid 0 plus CAP_BPF and CAP_PERFMON
 # (see the DaemonSet's securityContext for the full, minimal capability set).
 FROM debian:bookworm-slim

@@ -149,6 +149,7 @@ class Pipeline:
         self._ranges: BoundedCache[str, CategoryRanges | None] = BoundedCache(256)
         self._throttle_start: dict[str, Throttling] = {}
         self._facts_memo: dict[str, CgroupFacts] = {}
+        self._failures_counted: BoundedCache[str, bool] = BoundedCache(1024)  # binaries whose symbols failed
 
     # ---- window bookkeeping -------------------------------------------------------------------
     def begin_window(self, pids: Iterable[int] | None = None) -> None:
@@ -406,10 +407,12 @@ class Pipeline:
         profile: ProcessProfile,
         frequency_hz: int,
     ) -> GoProcessReport:
-        already_failed = binary.failed is not None
         problems = list(info.errors)
         if binary.failed is not None:
-            if not already_failed:  # counted once per binary, however many processes run it
+            # Symbols are read when a profile is asked for (another thread, between cycles): the
+            # failure is counted here, once per binary however many processes run it.
+            if binary.identity not in self._failures_counted:
+                self._failures_counted.put(binary.identity, True)
                 self.stats.errors[_binary_error_kind(binary.failed, symbolizing=True)] += 1
                 log.warning("pid %d: symbols no longer read: %s", info.pid, binary.failed.describe())
             problems.append(f"symbols: {binary.failed.describe()}")

@@ -303,7 +303,7 @@ def _check_privileges(proc: Path) -> Finding:
     )
 
 
-def _check_bpf_syscall(proc: Path, privileged: bool) -> Finding:
+def _check_bpf_syscall(privileged: bool) -> Finding:
     """With the capabilities in place, bpf() itself must work: else seccomp or an LSM is in the way."""
     if not privileged:
         return Finding("bpf_syscall", True, "bpf() not probed (capabilities missing)", fatal=False)
@@ -312,7 +312,7 @@ def _check_bpf_syscall(proc: Path, privileged: bool) -> Finding:
         return Finding("bpf_syscall", True, "bpf() not probed on this architecture", fatal=False)
     if err == 0:
         return Finding("bpf_syscall", True, "bpf() allowed (created and closed a one-entry map)")
-    described = confinement.describe_confinement(err, confinement.confinement(proc))
+    described = confinement.describe_confinement(err, confinement.confinement())  # our own /proc, not the host's
     if described is None:
         return Finding("bpf_syscall", False, f"bpf(BPF_MAP_CREATE) failed: {os.strerror(err)}", "see dmesg")
     return Finding("bpf_syscall", False, *described)
@@ -377,7 +377,7 @@ def diagnose(config: SamplerConfig | None = None) -> list[Finding]:
     return [
         _check_bcc(),
         privileges,
-        _check_bpf_syscall(config.proc, privileges.ok),
+        _check_bpf_syscall(privileges.ok),
         _check_perf_paranoid(config.proc, privileges.ok),
         _check_lockdown(config.sysfs),
         _check_headers(config.headers),
@@ -499,7 +499,7 @@ class Sampler:
         privileges = _check_privileges(config.proc)
         preflight = [_check_bcc(), privileges, _check_cpus(config.sysfs)]
         raise_for(preflight)
-        raise_for([_check_bpf_syscall(config.proc, privileges.ok)])  # before bcc blames the headers
+        raise_for([_check_bpf_syscall(privileges.ok)])  # before bcc blames the headers
         if not config.source.is_file():
             raise BPFUnavailableError(f"BPF program {config.source} is missing", help="reinstall node-agent")
         self.headers = headers or config.headers.find()

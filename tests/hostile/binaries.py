@@ -350,7 +350,7 @@ def daemon(tmp: Path, memory: MemoryCgroup, interval_s: float = 2.0) -> Iterator
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "run", "--interval", str(interval_s), "--no-kubernetes",
-         "--listen", f"127.0.0.1:{port}"],
+         "--listen", f"127.0.0.1:{port}", "--profiles"],
         cwd=os.environ.get("NODE_AGENT_DAEMON_UNDER_TEST", REPO),  # another checkout: prove these tests can fail
         stdout=subprocess.DEVNULL,
         stderr=open(log, "wb"),  # noqa: SIM115 - the child holds it

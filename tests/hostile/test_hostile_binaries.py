@@ -15,6 +15,7 @@ node_agent_errors_total.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -144,12 +145,28 @@ def judged(node: Node, cg: Cgroup) -> float | None:
     return value(node.samples(), "node_agent_go_gomaxprocs", container=cg.path.name)
 
 
-def attack(node: Node, binary: Path, name: str, kind: str) -> None:
-    """Run one hostile binary for a few cycles; it is counted under ``kind`` and the node is fine."""
+def ask_for_profiles(node: Node) -> None:
+    """Symbols are read when a profile is asked for: fetch every listed one (what a user would do)."""
+    status, body = hb.get(node.agent.url("/profiles"), timeout=30)
+    if status == 200:
+        for entry in json.loads(body):
+            hb.get(node.agent.url(entry["path"]), timeout=30)
+
+
+def attack(node: Node, binary: Path, name: str, kind: str, *, symbolize: bool = False) -> None:
+    """Run one hostile binary for a few cycles; it is counted under ``kind`` and the node is fine.
+
+    ``symbolize``: the attack is on symbolization, which runs when its profile is asked for."""
     before = node.errors(kind)
     logged = len(node.agent.log_text())
+
+    def counted() -> bool:
+        if symbolize:
+            ask_for_profiles(node)
+        return node.errors(kind) > before
+
     with hostile(node, binary, name):
-        node.wait(f"{name} counted as {kind}", lambda: node.errors(kind) > before, timeout=40)
+        node.wait(f"{name} counted as {kind}", counted, timeout=40)
         said = node.agent.log_text()[logged:]  # one clear line
         assert "binary skipped: " in said or "symbols no longer read: " in said, said[-2000:]
         node.wait_cycles(2)  # and cycles go on
@@ -206,11 +223,18 @@ def test_every_binary_of_the_node_is_not_a_sandboxed_parse(monkeypatch: pytest.M
 
 
 def test_pc_value_tables_that_never_advance_do_not_stall_cycles(node: Node) -> None:
-    attack(node, hb.stalled_line_tables(node.spin, node.tmp / "stall"), "stall", "binary_symbols_failed")
+    stall = hb.stalled_line_tables(node.spin, node.tmp / "stall")
+    attack(node, stall, "stall", "binary_symbols_failed", symbolize=True)
 
 
 def test_self_parented_inline_tree_entry_does_not_stall_cycles(node: Node) -> None:
-    attack(node, hb.self_parented_inline_entry(node.spin, node.tmp / "inline-loop"), "inline", "binary_symbols_failed")
+    attack(
+        node,
+        hb.self_parented_inline_entry(node.spin, node.tmp / "inline-loop"),
+        "inline",
+        "binary_symbols_failed",
+        symbolize=True,
+    )
 
 
 # ---- no mapping of tenant files, content-keyed cache ---------------------------------------------

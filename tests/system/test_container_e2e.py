@@ -8,7 +8,7 @@ that the fake API server names shop/web-7d9f8b6c5-x2kqz/app. Oracles: the runtim
 the manifest (every flag is derived from it by tests/containers.py).
 
 Figures (build times, image size, start-to-ready, memory peak) are printed and written to
-``$NODE_AGENT_E2E_FIGURES`` (default: the test's tmp dir) for the README.
+``$NODE_AGENT_E2E_FIGURES`` (if set) for the README.
 """
 
 from __future__ import annotations
@@ -244,6 +244,21 @@ def test_runtime_default_seccomp_blocking_bpf_is_named_with_the_fix(images: Imag
     assert "bpf() is refused (EPERM) although the capabilities allow it" in res.stderr
     assert "seccomp filter" in res.stderr and "seccomp=unconfined" in res.stderr
     assert "Traceback" not in res.stderr and "kernel headers" not in res.stderr.split("(")[0]
+
+
+def test_the_builds_pip_settings_and_ca_are_not_in_the_image(images: Images) -> None:
+    """They reached pip as build secrets: mounted for one step, in no layer."""
+    files = (
+        "/run/secrets/pip.conf /run/secrets/pip-ca.crt /etc/pip.conf /etc/xdg/pip/pip.conf /root/.config/pip/pip.conf"
+    )
+    res = podman(
+        "run", "--rm", "--pull=never", "--network=none", "--entrypoint", "sh", images.agent.name, "-c",
+        f"for f in {files}; do test -e $f && echo PRESENT $f; done; ls -A /run/secrets; python3 -m pip config list",
+    )  # fmt: skip
+    assert "PRESENT" not in res.stdout and res.stdout.strip() == "", res.stdout  # no file, no pip setting
+    history = podman("history", "--no-trunc", "--format", "{{.CreatedBy}}", images.agent.name).stdout
+    assert "/run/secrets/pip.conf" in history  # the steps used them...
+    assert "BEGIN CERTIFICATE" not in history  # ...by reference only
 
 
 # ---- the agent must not be able to harm the host ----------------------------------------------
