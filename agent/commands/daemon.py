@@ -8,7 +8,9 @@ Nothing a node throws at it ends the loop: a broken process, binary or
 cgroup is counted and skipped inside the pipeline; a failing cycle is
 counted and the next one runs; when BPF cannot load, the agent stays up,
 says why on /metrics (node_agent_bpf_up 0) and /readyz (503 + reason), and
-retries. Each cycle's processing has a deadline of one interval: past it,
+retries. New binaries are parsed on a thread of their own (each in its
+sandbox), so a cycle never waits on one: their processes are judged the
+cycle after. Each cycle's processing has a deadline of one interval: past it,
 the rest of the window is skipped and counted (cycle_deadline), so the next
 window is drained on time. /healthz fails when the loop stalls and when
 cycles keep failing (:class:`CycleHealth`). SIGTERM/SIGINT interrupt a cycle
@@ -119,6 +121,7 @@ class Daemon:
             HostCgroups(cfg.host_root),
             kube=kube,
             binaries=BinaryCache(capacity=cfg.binary_cache),
+            background_parses=True,  # a cycle never waits on a new binary's parse
         )
         scan_cfg = ScanConfig(
             frequency_hz=cfg.frequency_hz,
@@ -160,6 +163,7 @@ class Daemon:
                     self.health.beat()  # alive, just not ready
                     self._stop.wait(min(self.cfg.interval_s, self.cfg.bpf_retry_s))
         finally:
+            self.pipeline.close()  # kills a parse in flight
             self._close_sampler()
             self.server.stop()
         return 0

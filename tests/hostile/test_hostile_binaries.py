@@ -149,7 +149,7 @@ def attack(node: Node, binary: Path, name: str, kind: str) -> None:
     before = node.errors(kind)
     logged = len(node.agent.log_text())
     with hostile(node, binary, name):
-        node.wait(f"{name} counted as {kind}", lambda: node.errors(kind) > before, timeout=40)
+        node.wait(f"{name} counted as {kind}", lambda: node.errors(kind) > before, timeout=90)
         said = node.agent.log_text()[logged:]  # one clear line
         assert "binary skipped: " in said or "symbols no longer read: " in said, said[-2000:]
         node.wait_cycles(2)  # and cycles go on
@@ -348,8 +348,9 @@ def _fuzz_base() -> tuple[bytes, list[tuple[int, int]]]:
 # ---- SIGTERM mid-cycle (last: it stops the module's daemon) --------------------------------------
 
 
-def test_sigterm_interrupts_a_cycle_stuck_in_a_parse(node: Node) -> None:
-    """A parse frozen mid-cycle (its sandbox child SIGSTOPped); SIGTERM still ends the daemon at once, status 0."""
+def test_sigterm_with_a_parse_frozen_in_flight_exits_promptly(node: Node) -> None:
+    """A parse frozen (its sandbox child SIGSTOPped): cycles go on without it, and SIGTERM still
+    ends the daemon at once, status 0, the frozen child killed."""
     agent = node.agent
     frozen = None
     for attempt in range(8):
@@ -367,7 +368,7 @@ def test_sigterm_interrupts_a_cycle_stuck_in_a_parse(node: Node) -> None:
             if frozen is not None:
                 break
     assert frozen is not None, "never caught a sandboxed parse"
-    time.sleep(0.5)  # the cycle is now waiting on the frozen parse
+    node.wait_cycles(1)  # cycles do not wait on a parse
     assert agent.proc.poll() is None
     started = time.monotonic()
     agent.proc.send_signal(signal.SIGTERM)
