@@ -213,6 +213,23 @@ def test_self_parented_inline_tree_entry_does_not_stall_cycles(node: Node) -> No
     attack(node, hb.self_parented_inline_entry(node.spin, node.tmp / "inline-loop"), "inline", "binary_symbols_failed")
 
 
+def test_binary_whose_every_lookup_is_slow_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables valid but costly (10 ms per PC here, by a stand-in CPU clock): after 1 s of such
+    lookups the binary answers no more, so it cannot take every cycle's time from the others."""
+    binary = GoBinary.open(hb.spin_binary())
+    clock = iter(i * 0.01 for i in range(1_000_000))  # +10 ms a call: each lookup (one call in, one out) 10 ms
+    monkeypatch.setattr(time, "thread_time", lambda: next(clock))  # the clock symbolizer.py reads
+    pcs = iter(range(binary.table.entries[0], binary.table.entries[-1]))
+    answered = 0
+    with pytest.raises(BudgetExceededError, match="ms per PC"):
+        for pc in pcs:
+            binary.frames(pc)
+            answered += 1
+    assert 100 <= answered <= 102  # 1 s at 10 ms a lookup
+    with pytest.raises(BudgetExceededError):  # and stays cut off, at no cost
+        binary.frames(next(pcs))
+
+
 # ---- no mapping of tenant files, content-keyed cache ---------------------------------------------
 
 
