@@ -5,20 +5,25 @@ opens (once per build) its binary, reads its cgroup and its live GOMAXPROCS,
 then hands plain data to the pure stages (attribution, inference, verdict).
 Every per-process failure is caught here, counted by kind and reported with
 the row or in the result's errors: one odd process costs that process.
-Binaries are parsed in a sandboxed child (agent.gobinary.sandbox), and a run
-may carry a :class:`Deadline`: when it passes (or the daemon is stopping) the
-rest of the window is skipped and counted, so no input can stall a cycle.
+Binaries are parsed in a sandboxed child (agent.gobinary.sandbox), in the
+daemon on a thread of their own (:class:`ParseQueue`), and a run may carry a
+:class:`Deadline`: when it passes (or the daemon is stopping) the rest of the
+window is skipped and counted, so no input can stall a cycle.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
+import queue
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from agent.analysis.attribution import PackedStacks, ProcessProfile
@@ -118,6 +123,76 @@ def _binary_error_kind(exc: BinaryError, *, symbolizing: bool = False) -> str:
     return "binary_symbols_failed" if symbolizing else "binary_unreadable"
 
 
+class _Pending:
+    """A process whose binary is being parsed in the background: it is judged next cycle."""
+
+
+PENDING = _Pending()
+
+
+class ParseQueue:
+    """New binaries parsed one at a time on a thread of their own, so a cycle never waits on
+    a parse (each runs to its own sandbox budget): the cycle skips those processes once and
+    judges them when their binary is in the cache. Bounded: at most ``capacity`` waiting."""
+
+    def __init__(self, binaries: BinaryCache, budget: sandbox.Budget, capacity: int = 256) -> None:
+        self._binaries = binaries
+        self._budget = budget
+        self._queue: queue.Queue[tuple[tuple[object, ...], Path] | None] = queue.Queue(capacity)
+        self._pending: set[tuple[object, ...]] = set()
+        self._new_failures: set[tuple[object, ...]] = set()
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="parse", daemon=True)
+        self._thread.start()
+
+    def submit(self, file_key: tuple[object, ...], path: Path) -> None:
+        with self._lock:
+            if file_key in self._pending:
+                return
+            self._pending.add(file_key)
+        try:
+            self._queue.put_nowait((file_key, path))
+        except queue.Full:  # tried again when the process is sampled again
+            with self._lock:
+                self._pending.discard(file_key)
+
+    def take_new_failure(self, file_key: tuple[object, ...]) -> bool:
+        """True once for a file whose background parse failed (so it is reported once)."""
+        with self._lock:
+            if file_key in self._new_failures:
+                self._new_failures.discard(file_key)
+                return True
+            return False
+
+    def _work(self) -> None:
+        while not self._closing.is_set():
+            item = self._queue.get()
+            if item is None:
+                return
+            file_key, path = item
+            try:
+                self._binaries.get(
+                    file_key, functools.partial(sandbox.parse_file, path, self._budget, expired=self._closing.is_set)
+                )
+            except DeadlineExceededError:
+                pass  # closing
+            except BinaryError:
+                with self._lock:
+                    self._new_failures.add(file_key)
+            except Exception:  # a bug must not end parsing for the node; the file is tried again
+                log.exception("parsing %s failed", path)
+            finally:
+                with self._lock:
+                    self._pending.discard(file_key)
+
+    def close(self) -> None:
+        self._closing.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
+        self._thread.join(5)
+
+
 @dataclass
 class PipelineStats:
     """Per-kind counts of skipped items, for node_agent_errors_total."""
@@ -135,6 +210,7 @@ class Pipeline:
         binaries: BinaryCache | None = None,
         host_cpus: int | None = None,
         parse_budget: sandbox.Budget | None = None,
+        background_parses: bool = False,
     ) -> None:
         self.procfs = procfs
         self.cgroups = cgroups
@@ -145,6 +221,8 @@ class Pipeline:
         self.parse_budget = parse_budget or sandbox.Budget()
         self.skipped_by_deadline = 0  # processes the last run left out
         self._skipped: set[int] = set()  # their tgids: first in line next run, so a backlog drains
+        self.pending_parses = 0  # processes the last run left out because their binary was being parsed
+        self._parses: ParseQueue | None = ParseQueue(self.binaries, self.parse_budget) if background_parses else None
         self._deadline: Deadline | None = None
         self._ranges: BoundedCache[str, CategoryRanges | None] = BoundedCache(256)
         self._throttle_start: dict[str, Throttling] = {}
@@ -206,6 +284,7 @@ class Pipeline:
         self._deadline = deadline
         self.skipped_by_deadline = 0
         self._facts_memo = {}
+        self.pending_parses = 0
         try:
             return self._run(drain, frequency_hz, duration_s, registrar)
         finally:
@@ -252,6 +331,9 @@ class Pipeline:
                 self.skipped_by_deadline += 1
                 self._skipped.add(tgid)
                 continue
+            if isinstance(binary, _Pending):
+                self.pending_parses += 1
+                continue
             if binary is None:
                 other.processes += 1
                 other.samples += count
@@ -288,6 +370,11 @@ class Pipeline:
             errors=errors,
         )
 
+    def close(self) -> None:
+        """Stop background parsing (killing a parse in flight)."""
+        if self._parses is not None:
+            self._parses.close()
+
     # ---- the kernel's view of Go processes -------------------------------------------------------
     def register_all(
         self, registrar: Registrar, pids: Iterable[int] | None = None, deadline: Deadline | None = None
@@ -314,7 +401,7 @@ class Pipeline:
                 binary = self._binary(info)
             except DeadlineExceededError:
                 break
-            if binary is not None:
+            if isinstance(binary, GoBinary):  # not yet parsed (PENDING): registered by a later cycle
                 bias = binary.load_bias((m.start, m.offset) for m in info.exe_mappings())
                 self._register(registrar, info, binary, bias)
         return len(registrar.registered)
@@ -362,18 +449,25 @@ class Pipeline:
             if not (isinstance(token, tuple) and token and token[0] == start_time):
                 registrar.unregister(pid)
 
-    def _binary(self, info: ProcessInfo) -> GoBinary | None:
-        """The process's parsed binary (sandboxed, once per file), or None; DeadlineExceededError passes.
+    def _binary(self, info: ProcessInfo) -> GoBinary | _Pending | None:
+        """The process's parsed binary (sandboxed, once per file), None, or PENDING while a
+        background parse runs; DeadlineExceededError passes.
 
-        A parse that has started runs to its own budget (``parse_budget``), not the cycle's
-        deadline: interrupted, it would start over every cycle and never finish. Only a
-        stop (SIGTERM) interrupts it; the deadline is checked before each process.
+        A parse runs to its own budget (``parse_budget``), not the cycle's deadline:
+        interrupted, it would start over every cycle and never finish. Only a stop
+        (SIGTERM) interrupts it. In the daemon parses run on their own thread
+        (``background_parses``); ``scan`` parses in line.
         """
         exe = info.exe
         if exe is None:
             return None
         path = exe.open_path
         known = self.binaries.has_failed(exe.file_key)
+        if self._parses is not None:
+            if not self.binaries.known(exe.file_key):
+                self._parses.submit(exe.file_key, path)
+                return PENDING
+            known = known and not self._parses.take_new_failure(exe.file_key)
         try:
             return self.binaries.get(
                 exe.file_key, lambda: sandbox.parse_file(path, self.parse_budget, expired=self._stopping)

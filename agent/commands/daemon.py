@@ -8,7 +8,9 @@ Nothing a node throws at it ends the loop: a broken process, binary or
 cgroup is counted and skipped inside the pipeline; a failing cycle is
 counted and the next one runs; when BPF cannot load, the agent stays up,
 says why on /metrics (node_agent_bpf_up 0) and /readyz (503 + reason), and
-retries. Each cycle's processing has a deadline of one interval: past it,
+retries. New binaries are parsed on a thread of their own (each in its
+sandbox), so a cycle never waits on one: their processes are judged the
+cycle after. Each cycle's processing has a deadline of one interval: past it,
 the rest of the window is skipped and counted (cycle_deadline), so the next
 window is drained on time. /healthz fails when the loop stalls and when
 cycles keep failing (:class:`CycleHealth`). SIGTERM/SIGINT interrupt a cycle
@@ -151,6 +153,7 @@ class Daemon:
             # 64 MiB of tables: with bcc's ~125 MiB that keeps the agent under 256 MiB on a big node.
             binaries=BinaryCache(capacity=cfg.binary_cache, max_bytes=BINARY_TABLE_BYTES),
             interval_s=cfg.interval_s,
+            background_parses=True,
         )
         self.pipeline = wiring.pipeline
         self._sampler_factory = sampler_factory or (lambda: Sampler(wiring.sampler))
@@ -202,6 +205,7 @@ class Daemon:
         finally:
             if self._signal is not None:
                 log.info("signal %d: shutting down", self._signal)
+            self.pipeline.close()  # kills a parse in flight
             self._close_sampler()
             self.server.stop()
         return 0

@@ -31,8 +31,15 @@ def build_pipeline(
     kube: KubeSource | None = None,
     binaries: BinaryCache | None = None,
     interval_s: float = 1.0,
+    background_parses: bool = False,
 ) -> Wiring:
     """The pipeline over the host under ``host_root`` and the sampler settings that feed it
     (maps sized for ``interval_s`` between drains)."""
-    pipeline = Pipeline(ProcFS(host_root / "proc"), HostCgroups(host_root), kube=kube, binaries=binaries)
+    pipeline = Pipeline(
+        ProcFS(host_root / "proc"),
+        HostCgroups(host_root),
+        kube=kube,
+        binaries=binaries,
+        background_parses=background_parses,  # the daemon: a cycle never waits on a new binary's parse
+    )
     return Wiring(pipeline, SamplerConfig.for_host(frequency_hz, host_root, kernel_headers, cache_dir, interval_s))

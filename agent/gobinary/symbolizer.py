@@ -429,6 +429,14 @@ class BinaryCache:
             self._by_file.put(file_key, identity)
         return binary
 
+    def known(self, file_key: tuple[object, ...]) -> bool:
+        """Whether ``get`` answers ``file_key`` without parsing (cached or remembered failed)."""
+        with self._lock:
+            if file_key in self._failures:
+                return True
+            build = self._by_file._items.get(file_key)
+            return build is not None and build in self._by_build
+
     def has_failed(self, file_key: tuple[object, ...]) -> bool:
         """Whether ``file_key`` is remembered as failed (so a caller reports a failure once)."""
         with self._lock:

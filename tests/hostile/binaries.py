@@ -329,11 +329,12 @@ class Daemon:
         return out
 
     def children(self) -> list[int]:
-        try:
-            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-        except OSError:
-            return []
-        return [int(p) for p in text.split()]
+        """Children of every thread (the sandboxed parses are started by the parse thread)."""
+        out = []
+        for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                out += [int(p) for p in (task / "children").read_text().split()]
+        return out
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
