@@ -163,6 +163,8 @@ def test_bad_listen_from_the_environment_is_one_line_and_exit_2(
     """NODE_AGENT_LISTEN is checked where the flag is (parse_listen, before anything starts)."""
     monkeypatch.setenv("NODE_AGENT_LISTEN", "no-port-here")
     monkeypatch.setattr("agent.logsetup.configure_logging", lambda *_a, **_k: None)  # keep pytest's handlers
-    assert main(["run", "--no-kubernetes"]) == 2
+    with pytest.raises(SystemExit) as exc:  # refused while parsing, like any bad flag
+        main(["run", "--no-kubernetes"])
+    assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no-port-here" in err and "Traceback" not in err, err
