@@ -291,7 +291,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             cfg = kubeconfig(tmp / "kubeconfig", api.url)
             agent = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "--interval", "3", "--listen", f"127.0.0.1:{port}",
-                 "--node-name", "node-a"],
+                 "--node-name", "node-a", "--profiles"],
                 env={**os.environ, "KUBECONFIG": str(cfg)},
                 preexec_fn=lambda: (mem / "cgroup.procs").write_text(str(os.getpid())),  # noqa: PLW1509
                 stdout=subprocess.DEVNULL,
