@@ -37,6 +37,7 @@ import contextlib
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -402,6 +403,10 @@ def render(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+def _raise_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--paths", default="20000,50000", help="distinct call paths of pathgen, comma-separated")
@@ -414,6 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("bench_bignode: needs root (BPF, perf, cgroups)")
+    # SIGTERM/SIGINT (ignored by default in background jobs) unwind through the finally blocks below,
+    # so every process and cgroup is removed.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _raise_exit)
     for stale in cgroupctl.remove_stale(V1_CPU, PREFIX):
         _progress(f"removed stale {stale}")
     paths_list = [int(x) for x in args.paths.split(",")]
