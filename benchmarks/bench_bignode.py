@@ -331,7 +331,7 @@ def measure(label: str, source: Path, paths: int, rate: int, args: argparse.Name
         runs = bpf_after[1] - bpf_before[1]
         run.bpf_ns_per_sample = (bpf_after[0] - bpf_before[0]) * 1e9 / runs if runs else None
         # The drained window runs from the first measured cycle's flip to the last's: about first.at .. last.at.
-        theirs = perfstacks.categories(perf_data, (first.at - args.interval * 0 - 0.2, last.at))
+        theirs = perfstacks.categories(perf_data, (first.at - 0.2, last.at))
         for name, pid, cg in (
             ("gomaxprocs64", w.demo64, w.cg64),
             ("gomaxprocs1", w.demo1, w.cg1),
