@@ -52,6 +52,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.analysis.goruntime import Category
 from agent.lab import cgroupwriter
 from agent.lab.gotoolchain import find_toolchains
+from agent.shutdown import raising_signals
 from benchmarks.bench_sampler import bpf_prog_runtime, bpf_stats_enabled
 from benchmarks.bench_soak import Agent, percentile
 from benchmarks.common import memory_kib
@@ -331,7 +332,7 @@ def measure(label: str, source: Path, paths: int, rate: int, args: argparse.Name
         runs = bpf_after[1] - bpf_before[1]
         run.bpf_ns_per_sample = (bpf_after[0] - bpf_before[0]) * 1e9 / runs if runs else None
         # The drained window runs from the first measured cycle's flip to the last's: about first.at .. last.at.
-        theirs = perfstacks.categories(perf_data, (first.at - args.interval * 0 - 0.2, last.at))
+        theirs = perfstacks.categories(perf_data, (first.at - 0.2, last.at))
         for name, pid, cg in (
             ("gomaxprocs64", w.demo64, w.cg64),
             ("gomaxprocs1", w.demo1, w.cg1),
@@ -415,6 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("bench_bignode: needs root (BPF, perf, cgroups)")
+    # SIGTERM/SIGINT unwind through the finally blocks below, so every process and cgroup is removed.
+    with raising_signals():
+        return _main(args, argv)
+
+
+def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
     for stale in cgroupwriter.remove_stale(V1_CPU, PREFIX):
         _progress(f"removed stale {stale}")
     paths_list = [int(x) for x in args.paths.split(",")]

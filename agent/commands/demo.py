@@ -388,6 +388,7 @@ def _profile(
         while time.monotonic() < deadline:
             check_alive()
             time.sleep(0.1)
+        pipeline.register_all(sampler, pids)  # the kernel classifies the services' samples from now on
         start = time.monotonic()
         sampler.drain()  # the window opens at this flip: nothing from start-up or warm-up
         pipeline.begin_window(pids)
@@ -399,7 +400,11 @@ def _profile(
     # Flip to flip: what the samples cover. A drain that is slow on a busy machine
     # happens after its flip, so it must not count into the window.
     window = drain.interval_seconds if drain.interval_seconds > 0 else end - start
-    ours = dataclasses.replace(drain, samples=[s for s in drain.samples if s.tgid in pids])
+    ours = dataclasses.replace(
+        drain,
+        samples=[s for s in drain.samples if s.tgid in pids],
+        categories=[c for c in drain.categories if c.tgid in pids],
+    )
     result = pipeline.run(ours, frequency_hz=cfg.frequency_hz, duration_s=window)
     result.window = (start, start + window)
     return result
