@@ -151,7 +151,7 @@ def write_pprof(result: ScanResult, directory: Path) -> list[Path]:
 def folded_stacks(r: GoProcessReport) -> Counter[str]:
     """One process's stacks as folded lines (root first), every frame made safe to fold."""
     out: Counter[str] = Counter()
-    for stack, n in r.profile.stacks.items():
+    for stack, n in r.profile.resolve().stacks.items():  # stacks are symbolized when first asked for
         out[";".join(safe.folded_frame(f.function) for f in reversed(r.profile.frames_of(stack)))] += n
     return out
 
