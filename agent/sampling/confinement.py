@@ -27,9 +27,10 @@ BPF_MAP_CREATE = 0
 BPF_MAP_TYPE_ARRAY = 2
 
 HELP_SECCOMP = (
-    "run the agent without the runtime's default seccomp profile: seccompProfile type Unconfined "
-    "(as deploy/daemonset.yaml does) or a Localhost profile that allows bpf and perf_event_open; "
-    "docker/podman: --security-opt seccomp=unconfined"
+    "this runtime's default seccomp profile admits bpf() only with CAP_SYS_ADMIN (CRI-O, podman with "
+    "containers-common <= 0.50; containerd >= 1.6's admits it with CAP_BPF, as deploy/daemonset.yaml expects): "
+    "set seccompProfile type Unconfined or a Localhost profile that allows bpf and perf_event_open, never "
+    "SYS_ADMIN; docker/podman: --security-opt seccomp=unconfined"
 )
 HELP_APPARMOR = (
     "run the agent unconfined by AppArmor: appArmorProfile type Unconfined (as deploy/daemonset.yaml does; "

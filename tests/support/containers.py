@@ -419,22 +419,22 @@ def host_submounts(path: str, mountinfo: str) -> list[str]:
 PODMAN_SECCOMP = Path("/usr/share/containers/seccomp.json")  # containers-common: podman's default
 
 
-def runtime_default_seccomp() -> Path:
+def runtime_default_seccomp(cap_add: Sequence[str]) -> Path:
     """Kubernetes' ``RuntimeDefault`` as containerd >= 1.6 applies it, for podman.
 
-    containerd's generated default has the syscall policy of containers-common's profile, except
-    that it also admits bpf() with CAP_BPF and perf_event_open() with CAP_PERFMON, where
-    containers-common <= 0.50 (Debian 12's podman) wants CAP_SYS_ADMIN. So: that profile, plus
-    those two rules (tests/system/test_deploy_capabilities.py checks both facts against the real
-    files and containerd)."""
+    containerd generates its default per container: the syscall policy of containers-common's
+    profile, plus bpf() when the container has CAP_BPF and perf_event_open() when it has
+    CAP_PERFMON (containers-common <= 0.50, Debian 12's podman, admits them only with
+    CAP_SYS_ADMIN). So: that profile, plus those calls for the capabilities the manifest adds
+    (tests/system/test_deploy_capabilities.py runs bcc under containerd's real default)."""
     profile = json.loads(PODMAN_SECCOMP.read_text())
-    extra = []
-    for rule in profile["syscalls"]:
-        if rule.get("action") == "SCMP_ACT_ALLOW" and rule.get("includes", {}).get("caps") == ["CAP_SYS_ADMIN"]:
-            for call, cap in (("bpf", "CAP_BPF"), ("perf_event_open", "CAP_PERFMON")):
-                if call in rule["names"]:
-                    extra.append({"names": [call], "action": "SCMP_ACT_ALLOW", "includes": {"caps": [cap]}})
-    profile["syscalls"] += extra
+    for call, cap in (("bpf", "BPF"), ("perf_event_open", "PERFMON")):
+        if cap in cap_add:
+            for rule in profile["syscalls"]:  # containers-common also refuses them outright without SYS_ADMIN
+                if rule.get("action") == "SCMP_ACT_ERRNO" and call in rule["names"]:
+                    rule["names"] = [n for n in rule["names"] if n != call]
+            profile["syscalls"].append({"names": [call], "action": "SCMP_ACT_ALLOW"})
+    profile["syscalls"] = [r for r in profile["syscalls"] if r["names"]]
     text = json.dumps(profile, indent=1)
     path = cache_dir() / "containers" / f"runtime-default-seccomp-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
     if not path.is_file():
@@ -479,7 +479,7 @@ def podman_flags(
     if mode == "Unconfined":
         flags += ["--security-opt", "seccomp=unconfined"]
     elif mode == "RuntimeDefault":
-        flags += ["--security-opt", f"seccomp={runtime_default_seccomp()}"]
+        flags += ["--security-opt", f"seccomp={runtime_default_seccomp(spec.cap_add)}"]
     elif mode != "podman-default":
         raise ContainerError(f"seccompProfile {mode!r} is not emulated")
     if spec.apparmor == "Unconfined":

@@ -115,8 +115,8 @@ def test_flags_are_the_manifests() -> None:
     assert "apparmor=unconfined" in f and "no-new-privileges" in f
     (profile,) = [x.removeprefix("seccomp=") for x in f if x.startswith("seccomp=")]  # RuntimeDefault
     rules = json.loads(Path(profile).read_text())["syscalls"]
-    for call, cap in (("bpf", "CAP_BPF"), ("perf_event_open", "CAP_PERFMON")):
-        assert any(call in r["names"] and r.get("includes", {}).get("caps") == [cap] for r in rules), call
+    for call in ("bpf", "perf_event_open"):  # the manifest adds BPF and PERFMON: containerd admits both calls
+        assert any(call in r["names"] and r["action"] == "SCMP_ACT_ALLOW" and not r.get("includes") for r in rules)
     assert f"--memory={512 * 2**20}" in f
     assert "/proc:/host/proc:ro" in f and "/sys:/host/sys:ro" in f and "/sys/fs/cgroup:/host/sys/fs/cgroup:ro" in f
     assert "/tmp:rw,size=268435456,notmpcopyup" in f
