@@ -134,6 +134,9 @@ class Podman:
         (home / "containers.conf").write_text(
             '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
             f'events_logfile_path = "{home}/events.log"\n[containers]\nnetns = "host"\n'
+            # podman's rootful defaults raise nofile/nproc (1048576/4194304); where raising an rlimit
+            # is not permitted (this VM), runc fails with "error setting rlimits": ask for modest ones.
+            'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
         )
         (home / "storage.conf").write_text(
             f'[storage]\ndriver = "overlay"\ngraphroot = "{home}/storage"\nrunroot = "{home}/run"\n'
