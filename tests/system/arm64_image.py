@@ -31,6 +31,8 @@ OUR_HANDLER = "node-agent-aarch64"
 AARCH64_MAGIC = "7f454c460201010000000000000000000200b700"  # ELF64 LSB, e_machine 183 (EM_AARCH64)
 SUITE = "bookworm"
 BASE_TAGS = ("docker.io/library/debian:bookworm-slim", "localhost/debian:bookworm-slim")
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+IMAGE_CA_BUNDLE = "/run/node-agent-build/ca-certificates.crt"
 BUILD_TIMEOUT_S = 3600  # emulated apt-get and pip on a busy 2-CPU machine
 
 
@@ -132,6 +134,9 @@ class Podman:
         (home / "containers.conf").write_text(
             '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
             f'events_logfile_path = "{home}/events.log"\n[containers]\nnetns = "host"\n'
+            # podman's rootful defaults raise nofile/nproc (1048576/4194304); where raising an rlimit
+            # is not permitted (this VM), runc fails with "error setting rlimits": ask for modest ones.
+            'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
         )
         (home / "storage.conf").write_text(
             f'[storage]\ndriver = "overlay"\ngraphroot = "{home}/storage"\nrunroot = "{home}/run"\n'
@@ -168,7 +173,19 @@ class Podman:
     def build(self, repo: Path, tag: str) -> None:
         """``podman build --platform linux/arm64`` of the repository's Dockerfile (its .dockerignore applies)."""
         self(
-            "build", "--platform", "linux/arm64", "--pull=never", "--network", "host",
+            "build", "--platform", "linux/arm64", "--pull=never", "--network", "host", *trust_mounts(self.home),
             "-f", str(repo / "Dockerfile"), "-t", tag, str(repo),
             timeout=BUILD_TIMEOUT_S,
         )  # fmt: skip
+
+
+def trust_mounts(home: Path) -> list[str]:
+    """Read-only mounts for the build's RUN steps only (nothing lands in the image): this machine's
+    CA bundle, and a pip.conf that points pip at it. Where egress goes through a TLS-intercepting
+    proxy (as here) its CA is only in the host's bundle, and pip, which otherwise trusts its own
+    certifi copy, would reject PyPI."""
+    if not HOST_CA_BUNDLE.is_file():
+        return []
+    pip_conf = home / "pip.conf"
+    pip_conf.write_text(f"[global]\ncert = {IMAGE_CA_BUNDLE}\n")
+    return ["-v", f"{HOST_CA_BUNDLE}:{IMAGE_CA_BUNDLE}:ro", "-v", f"{pip_conf}:/etc/pip.conf:ro"]
