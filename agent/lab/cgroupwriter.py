@@ -33,19 +33,25 @@ class CpuHierarchy:
     root: Path  # where the hierarchy with the cpu controller is mounted
 
 
-def find_cpu_hierarchy(cgroup_fs: Path = Path("/sys/fs/cgroup")) -> CpuHierarchy:
-    """cgroup v1's cpu controller if mounted, else a cgroup v2 tree that offers ``cpu``."""
-    v1 = cgroup_fs / "cpu"
-    if (v1 / "cpu.cfs_quota_us").is_file():
+def find_hierarchy(controller: str, v1_marker: str, cgroup_fs: Path = Path("/sys/fs/cgroup")) -> CpuHierarchy:
+    """cgroup v1's ``controller`` if mounted (``v1_marker`` is one of its files), else a cgroup v2
+    tree that offers it."""
+    v1 = cgroup_fs / controller
+    if (v1 / v1_marker).is_file():
         return CpuHierarchy(1, v1)
     for root in (cgroup_fs, cgroup_fs / "unified"):
         try:
             controllers = (root / "cgroup.controllers").read_text().split()
         except OSError:
             continue
-        if "cpu" in controllers:
+        if controller in controllers:
             return CpuHierarchy(2, root)
-    raise CgroupError(f"no cgroup cpu controller under {cgroup_fs}", help=HELP_CGROUP)
+    help_text = HELP_CGROUP.replace("cpu", controller)
+    raise CgroupError(f"no cgroup {controller} controller under {cgroup_fs}", help=help_text)
+
+
+def find_cpu_hierarchy(cgroup_fs: Path = Path("/sys/fs/cgroup")) -> CpuHierarchy:
+    return find_hierarchy("cpu", "cpu.cfs_quota_us", cgroup_fs)
 
 
 def v1_limit_files(cores: float | None, period_us: int = PERIOD_US) -> dict[str, str]:
@@ -73,18 +79,7 @@ def set_limit(path: Path, version: int, cores: float | None, period_us: int = PE
 
 
 def find_memory_hierarchy(cgroup_fs: Path = Path("/sys/fs/cgroup")) -> CpuHierarchy:
-    """cgroup v1's memory controller if mounted, else a cgroup v2 tree that offers ``memory``."""
-    v1 = cgroup_fs / "memory"
-    if (v1 / "memory.limit_in_bytes").is_file():
-        return CpuHierarchy(1, v1)
-    for root in (cgroup_fs, cgroup_fs / "unified"):
-        try:
-            controllers = (root / "cgroup.controllers").read_text().split()
-        except OSError:
-            continue
-        if "memory" in controllers:
-            return CpuHierarchy(2, root)
-    raise CgroupError(f"no cgroup memory controller under {cgroup_fs}", help=HELP_CGROUP.replace("cpu", "memory"))
+    return find_hierarchy("memory", "memory.limit_in_bytes", cgroup_fs)
 
 
 def set_memory_limit(path: Path, version: int, limit_bytes: int) -> None:
