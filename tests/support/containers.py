@@ -494,7 +494,8 @@ def podman_flags(
             continue
         if m.host_path is None:
             size = f",size={m.size_limit}" if m.size_limit else ""
-            binds.append((m.path, ["--tmpfs", f"{m.path}:rw{size},notmpcopyup"]))
+            # The kubelet makes an emptyDir 0777: the agent, once it switched to its own uid, writes there.
+            binds.append((m.path, ["--tmpfs", f"{m.path}:rw{size},mode=0777,notmpcopyup"]))
             continue
         ro = ":ro" if m.read_only else ""
         binds.append((m.path, ["-v", f"{m.host_path}:{m.path}{ro}"]))

@@ -585,7 +585,7 @@ def ctr_flags(spec: DaemonSetAgent) -> list[str]:
             out += ["--mount", f"type=bind,src={src},dst={dst},options=rbind:{'ro' if ro else 'rw'}"]
         elif f == "--tmpfs":
             dst = pf[i + 1].split(":")[0]
-            out += ["--mount", f"type=tmpfs,src=tmpfs,dst={dst},options=rw:nosuid:nodev"]
+            out += ["--mount", f"type=tmpfs,src=tmpfs,dst={dst},options=rw:nosuid:nodev:mode=0777"]
         elif f == "-e":
             out += ["--env", pf[i + 1]]
     return out

@@ -119,7 +119,7 @@ def test_flags_are_the_manifests() -> None:
         assert any(call in r["names"] and r["action"] == "SCMP_ACT_ALLOW" and not r.get("includes") for r in rules)
     assert f"--memory={512 * 2**20}" in f
     assert "/proc:/host/proc:ro" in f and "/sys:/host/sys:ro" in f and "/sys/fs/cgroup:/host/sys/fs/cgroup:ro" in f
-    assert "/tmp:rw,size=268435456,notmpcopyup" in f
+    assert "/tmp:rw,size=268435456,mode=0777,notmpcopyup" in f
     assert "NODE_NAME=node-a" in f and "NODE_AGENT_CACHE=/var/cache/node-agent" in f
     binds = [f[i + 1].split(":")[1] for i, x in enumerate(f) if x == "-v"]
     assert len(binds) == len(set(binds))  # no destination twice

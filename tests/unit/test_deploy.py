@@ -342,7 +342,7 @@ def test_host_mounts_are_read_only_and_only_scratch_is_writable() -> None:
             assert m.get("recursiveReadOnly") in {"IfPossible", "Enabled"}, f"submounts of {path} stay writable"
             assert m.get("mountPropagation", "None") == "None"
     writable = {path for path, m in mounts.items() if not m.get("readOnly")}
-    assert writable == {"/tmp", "/var/cache"}
+    assert writable == {"/tmp", "/var/cache/node-agent"}
     for path in writable:
         assert "emptyDir" in volumes[mounts[path]["name"]]
         assert volumes[mounts[path]["name"]]["emptyDir"].get("sizeLimit")
