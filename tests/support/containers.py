@@ -289,6 +289,21 @@ def image_key(base: Built) -> str:
     return digest(*parts)
 
 
+@contextlib.contextmanager
+def build_secrets() -> Iterator[list[str]]:
+    """``podman build`` flags that hand this machine's pip index settings and CA to the build as
+    secrets (the Dockerfile's pip steps mount them; nothing lands in a layer): every image build
+    of the tests, whatever its platform, uses these."""
+    settings = host_pip_settings()
+    with tempfile.TemporaryDirectory(prefix="node-agent-build-") as tmp:
+        conf = Path(tmp) / "pip.conf"
+        conf.write_text(settings.conf("/run/secrets/pip-ca.crt"))
+        secrets = ["--secret", f"id=pip.conf,src={conf}"]
+        if settings.ca_file:
+            secrets += ["--secret", f"id=pip-ca.crt,src={settings.ca_file}"]
+        yield secrets
+
+
 def ensure_image() -> tuple[Built, Built]:
     """(base, agent image) built or taken from podman's storage when their inputs are unchanged."""
     base = ensure_base_image()
@@ -297,13 +312,7 @@ def ensure_image() -> tuple[Built, Built]:
     if image_label(tag) == key:
         return base, Built(tag, key, None)
     started = time.monotonic()
-    settings = host_pip_settings()
-    with tempfile.TemporaryDirectory(prefix="node-agent-build-") as tmp:
-        conf = Path(tmp) / "pip.conf"
-        conf.write_text(settings.conf("/run/secrets/pip-ca.crt"))
-        secrets = ["--secret", f"id=pip.conf,src={conf}"]
-        if settings.ca_file:
-            secrets += ["--secret", f"id=pip-ca.crt,src={settings.ca_file}"]
+    with build_secrets() as secrets:
         podman(
             "build", "--pull=never", "--network=host", *secrets, "--label", f"{LABEL}={key}",
             "-t", tag, "-f", str(DOCKERFILE), str(REPO), timeout=1500,

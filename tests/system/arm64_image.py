@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.cachedir import cache_dir
+from tests.support.containers import build_secrets
 
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 QEMU_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")  # qemu-user-static's registration line
@@ -31,8 +32,6 @@ OUR_HANDLER = "node-agent-aarch64"
 AARCH64_MAGIC = "7f454c460201010000000000000000000200b700"  # ELF64 LSB, e_machine 183 (EM_AARCH64)
 SUITE = "bookworm"
 BASE_TAGS = ("docker.io/library/debian:bookworm-slim", "localhost/debian:bookworm-slim")
-HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-IMAGE_CA_BUNDLE = "/run/node-agent-build/ca-certificates.crt"
 BUILD_TIMEOUT_S = 3600  # emulated apt-get and pip on a busy 2-CPU machine
 
 
@@ -171,21 +170,13 @@ class Podman:
             self("tag", image_id, tag)
 
     def build(self, repo: Path, tag: str) -> None:
-        """``podman build --platform linux/arm64`` of the repository's Dockerfile (its .dockerignore applies)."""
-        self(
-            "build", "--platform", "linux/arm64", "--pull=never", "--network", "host", *trust_mounts(self.home),
-            "-f", str(repo / "Dockerfile"), "-t", tag, str(repo),
-            timeout=BUILD_TIMEOUT_S,
-        )  # fmt: skip
+        """``podman build --platform linux/arm64`` of the repository's Dockerfile (its .dockerignore
+        applies), with the same build secrets (pip's index settings and CA) as the amd64 image."""
+        with build_secrets() as secrets:
+            self(
+                "build", "--platform", "linux/arm64", "--pull=never", "--network", "host", *secrets,
+                "-f", str(repo / "Dockerfile"), "-t", tag, str(repo),
+                timeout=BUILD_TIMEOUT_S,
+            )  # fmt: skip
 
 
-def trust_mounts(home: Path) -> list[str]:
-    """Read-only mounts for the build's RUN steps only (nothing lands in the image): this machine's
-    CA bundle, and a pip.conf that points pip at it. Where egress goes through a TLS-intercepting
-    proxy (as here) its CA is only in the host's bundle, and pip, which otherwise trusts its own
-    certifi copy, would reject PyPI."""
-    if not HOST_CA_BUNDLE.is_file():
-        return []
-    pip_conf = home / "pip.conf"
-    pip_conf.write_text(f"[global]\ncert = {IMAGE_CA_BUNDLE}\n")
-    return ["-v", f"{HOST_CA_BUNDLE}:{IMAGE_CA_BUNDLE}:ro", "-v", f"{pip_conf}:/etc/pip.conf:ro"]
