@@ -338,7 +338,8 @@ def test_run_in_the_agent_container_serves_metrics_profiles_and_fires_the_alert(
         cfg = kubeconfig(tmp_path / "kubeconfig", api.url)
         cfg.chmod(0o644)
         extra = ["-v", f"{cfg}:/etc/node-agent/kubeconfig:ro"]
-        args = agent_args(spec, "run", "--listen", f"127.0.0.1:{port}", "--interval", "3")
+        # /profiles is off in the manifest (it names every container's code): turned on as a user would.
+        args = agent_args(spec, "run", "--listen", f"127.0.0.1:{port}", "--interval", "3", "--profiles")
         started = time.monotonic()
         with container(
             images.agent.name, [*flags(spec, extra_env={"KUBECONFIG": "/etc/node-agent/kubeconfig"}), *extra], args
