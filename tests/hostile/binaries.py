@@ -14,13 +14,10 @@ import os
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +32,7 @@ from agent.lab.cgroupwriter import find_memory_hierarchy, remove_cgroup, set_mem
 from agent.lab.gotoolchain import find_toolchain
 from tests.support import gobuild
 from tests.support.capabilities import missing, need
+from tests.system.test_e2e_prometheus import free_port, get
 
 REPO = Path(__file__).resolve().parents[2]
 SPIN = REPO / "tests" / "goprogs" / "spin"
@@ -279,22 +277,6 @@ def memory_cgroup(limit: int) -> Iterator[MemoryCgroup]:
         yield MemoryCgroup(path, limit)
     finally:
         remove_cgroup(path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except OSError:
-        return 0, b""
 
 
 @dataclass

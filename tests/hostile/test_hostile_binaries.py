@@ -39,6 +39,7 @@ from agent.lab.gotoolchain import find_toolchain
 from tests.hostile import binaries as hb
 from tests.support.capabilities import need, need_root
 from tests.support.workloads import Cgroup, build_demo, load, service, v1_cgroup
+from tests.system.test_e2e_prometheus import get
 
 pytestmark = [pytest.mark.bpf, pytest.mark.cgroup, pytest.mark.gotoolchain]
 
@@ -98,7 +99,7 @@ class Node:
         assert agent.proc.poll() is None, agent.log_text()[-3000:]
         assert agent.memory.oom_kills() == 0
         assert agent.peak_rss() < agent.memory.limit, agent.peak_rss()
-        status, body = hb.get(agent.url("/healthz"))
+        status, body = get(agent.url("/healthz"))
         assert status == 200, body
         text = agent.metrics()
         check = subprocess.run(
@@ -147,10 +148,10 @@ def judged(node: Node, cg: Cgroup) -> float | None:
 
 def ask_for_profiles(node: Node) -> None:
     """Symbols are read when a profile is asked for: fetch every listed one (what a user would do)."""
-    status, body = hb.get(node.agent.url("/profiles"), timeout=30)
+    status, body = get(node.agent.url("/profiles"), timeout=30)
     if status == 200:
         for entry in json.loads(body):
-            hb.get(node.agent.url(entry["path"]), timeout=30)
+            get(node.agent.url(entry["path"]), timeout=30)
 
 
 def attack(node: Node, binary: Path, name: str, kind: str, *, symbolize: bool = False) -> None:

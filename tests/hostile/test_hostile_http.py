@@ -38,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from agent.lab.cgroupwriter import make_cgroup, remove_cgroup, write_file
 from tests.support.capabilities import need, need_root
+from tests.system.test_e2e_prometheus import free_port
 
 # prometheus_client's OpenMetrics parser has no type annotations.
 openmetrics_parser: Any = importlib.import_module("prometheus_client.openmetrics.parser")
@@ -49,12 +50,6 @@ PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
