@@ -410,8 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_directory,
         default=None,
         metavar="FILE",
-        help="serve /profiles only to requests with 'Authorization: Bearer <the file's content>' "
-        "(implies --profiles)",
+        help="serve /profiles only to requests with 'Authorization: Bearer <the file's content>' (implies --profiles)",
     )
     run.add_env_argument(
         "--max-series",

@@ -17,7 +17,7 @@ For every (paths, rate) the daemon (`python -m agent run`, ``--interval`` 5 s)
 runs ``--cycles`` measured cycles after two warm-up ones, with `perf record -a
 -g` (fixed period, 1,999 Hz) over the same window as the oracle for shares.
 Reported: agent CPU as % of one core (utime+stime, not wall), cycle work time
-p50/p99 (logged cycle time minus the interval it waited), peak RSS (VmHWM),
+p50/p99 (the logged drain + pipeline time, from the maps' flip), peak RSS (VmHWM),
 samples lost by reason, the BPF program's own ns per sample (bpf_stats), and
 the scheduler/GC shares of the GOMAXPROCS=64 server and of pathgen against
 perf's. ``--baseline DIR`` runs another checkout (e.g. /work/main) the same
@@ -279,6 +279,16 @@ def agent_shares(before: dict[str, Any], after: dict[str, Any], cgroup_name: str
     return {Category(c): (got[c] / known if known else 0.0) for c in ("scheduler", "gc", "runtime_other", "user")}
 
 
+def wait_cycles(agent: Agent, count: int, deadline: float) -> None:
+    """Until the agent has logged `count` cycles; it dying or stalling past `deadline` ends the bench."""
+    while len(agent.cycles) < count:
+        agent.check_alive()
+        agent.read_log()
+        if time.monotonic() > deadline:
+            raise BenchError(f"the agent stopped cycling ({len(agent.cycles)} of {count}):\n{agent.log_tail()}")
+        time.sleep(0.1)
+
+
 def measure(label: str, source: Path, paths: int, rate: int, args: argparse.Namespace, w: Workloads) -> Run:
     run = Run(label, paths, rate)
     logdir = Path(tempfile.mkdtemp(prefix="bignode-"))
@@ -287,34 +297,27 @@ def measure(label: str, source: Path, paths: int, rate: int, args: argparse.Name
     perf: subprocess.Popen[bytes] | None = None
     try:
         deadline = time.monotonic() + 600
-        while len(agent.cycles) < 2:  # warm-up: start-up registration and the first binaries' parsing
-            agent.check_alive()
-            agent.read_log()
-            if time.monotonic() > deadline:
-                raise BenchError(f"no cycles from the agent:\n{agent.log_tail()}")
-            time.sleep(0.2)
-        first = agent.cycles[-1]
-        before, bpf_before = scrape(agent), bpf_prog_runtime(agent.pid)
+        wait_cycles(agent, 2, deadline)  # warm-up: start-up registration and the first binaries' parsing
+        # perf starts before the flip that opens the measured window (the next cycle's), so both
+        # cover the same samples: the window runs from that flip to the last measured cycle's.
         perf_data = logdir / "perf.data"
         perf = subprocess.Popen(
             ["perf", "record", "-q", "-a", "-g", "-e", "cpu-clock", "-c", str(round(1e9 / PERF_HZ)),
              "-k", "CLOCK_MONOTONIC", "-o", str(perf_data)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
+        wait_cycles(agent, len(agent.cycles) + 1, deadline)
+        first = agent.cycles[-1]
+        before, bpf_before = scrape(agent), bpf_prog_runtime(agent.pid)
         start_cycle = len(agent.cycles)
-        while len(agent.cycles) < start_cycle + args.cycles:
-            agent.check_alive()
-            agent.read_log()
-            time.sleep(0.1)
-            if time.monotonic() > deadline:
-                raise BenchError(f"the agent stopped cycling:\n{agent.log_tail()}")
+        wait_cycles(agent, start_cycle + args.cycles, deadline)
         last = agent.cycles[-1]
         after, bpf_after = scrape(agent), bpf_prog_runtime(agent.pid)
         perf.send_signal(2)
         perf.wait(60)
         hwm_kib, _ = memory_kib(agent.pid)
         measured = agent.cycles[start_cycle:]
-        work = [max(0.0, c.logged_s - args.interval) for c in measured]
+        work = [c.work_s for c in measured]
         wall = last.at - first.at
         run.cycles = len(measured)
         run.agent_cpu_pct = 100.0 * (last.cpu_ticks - first.cpu_ticks) / os.sysconf("SC_CLK_TCK") / wall
@@ -331,8 +334,8 @@ def measure(label: str, source: Path, paths: int, rate: int, args: argparse.Name
         }
         runs = bpf_after[1] - bpf_before[1]
         run.bpf_ns_per_sample = (bpf_after[0] - bpf_before[0]) * 1e9 / runs if runs else None
-        # The drained window runs from the first measured cycle's flip to the last's: about first.at .. last.at.
-        theirs = perfstacks.categories(perf_data, (first.at - 0.2, last.at))
+        # The drained window runs from the first measured cycle's flip to the last's.
+        theirs = perfstacks.categories(perf_data, (first.at - first.work_s, last.at - last.work_s))
         for name, pid, cg in (
             ("gomaxprocs64", w.demo64, w.cg64),
             ("gomaxprocs1", w.demo1, w.cg1),

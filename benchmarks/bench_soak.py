@@ -64,7 +64,7 @@ from benchmarks.common import (
 
 V1_CPU = Path("/sys/fs/cgroup/cpu")
 CGROUP_PREFIX = "node-agent-soak-"
-CYCLE_RE = re.compile(r"cycle (\d+): (\d+) Go processes, ([0-9.]+)s")
+CYCLE_RE = re.compile(r"cycle (\d+): (\d+) Go processes, ([0-9.]+)s; drain [0-9.]+s, work ([0-9.]+)s")
 LOG_PROBLEM_RE = re.compile(r"\b(ERROR|WARNING|CRITICAL)\b|^Traceback")
 MIB = 1024 * 1024
 
@@ -76,12 +76,16 @@ class SoakError(RuntimeError):
 # ---- pure computation --------------------------------------------------------------------------
 
 
-def parse_cycle(line: str) -> tuple[int, int, float] | None:
-    """(cycle number, Go processes, seconds) from the daemon's per-cycle debug line."""
+def parse_cycle(line: str) -> tuple[int, int, float, float] | None:
+    """(cycle number, Go processes, seconds, work seconds) from the daemon's per-cycle debug line.
+
+    The work (drain + pipeline) starts with the maps' flip, so the line's time minus the work
+    is where the drained window ended.
+    """
     m = CYCLE_RE.search(line)
     if m is None:
         return None
-    return int(m.group(1)), int(m.group(2)), float(m.group(3))
+    return int(m.group(1)), int(m.group(2)), float(m.group(3)), float(m.group(4))
 
 
 def schedstat_wait_ns(schedstat_text: str) -> int:
@@ -596,6 +600,7 @@ class CycleObs:
     cycle: int
     go_processes: int
     logged_s: float
+    work_s: float  # drain + pipeline, from the maps' flip to the line
     at: float  # monotonic time we read the line
     cpu_ticks: int  # agent utime+stime then
 

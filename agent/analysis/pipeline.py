@@ -290,9 +290,7 @@ class Pipeline:
         finally:
             self._deadline = None
 
-    def _run(
-        self, drain: DrainResult, frequency_hz: int, duration_s: float, registrar: Registrar | None
-    ) -> ScanResult:
+    def _run(self, drain: DrainResult, frequency_hz: int, duration_s: float, registrar: Registrar | None) -> ScanResult:
         counts: dict[int, Counter[Category]] = defaultdict(Counter)
         for c in drain.categories:
             counts[c.tgid][_KERNEL_CATEGORY.get(c.category, Category.UNKNOWN)] += c.count

@@ -32,7 +32,7 @@ from agent.lab.cgroupwriter import find_memory_hierarchy, remove_cgroup, set_mem
 from agent.lab.gotoolchain import find_toolchain
 from tests.support import gobuild
 from tests.support.capabilities import missing, need
-from tests.system.test_e2e_prometheus import free_port, get
+from tests.support.loopback import free_port, get
 
 REPO = Path(__file__).resolve().parents[2]
 SPIN = REPO / "tests" / "goprogs" / "spin"

@@ -38,8 +38,8 @@ from agent.gobinary.symbolizer import GoBinary
 from agent.lab.gotoolchain import find_toolchain
 from tests.hostile import binaries as hb
 from tests.support.capabilities import need, need_root
+from tests.support.loopback import get
 from tests.support.workloads import Cgroup, build_demo, load, service, v1_cgroup
-from tests.system.test_e2e_prometheus import get
 
 pytestmark = [pytest.mark.bpf, pytest.mark.cgroup, pytest.mark.gotoolchain]
 

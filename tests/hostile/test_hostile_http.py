@@ -27,18 +27,18 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent.lab.cgroupwriter import make_cgroup, remove_cgroup, write_file
 from tests.support.capabilities import need, need_root
-from tests.system.test_e2e_prometheus import free_port
+from tests.support.loopback import free_port, stop, wait_for
+from tests.support.prometheus import prometheus, query
 
 # prometheus_client's OpenMetrics parser has no type annotations.
 openmetrics_parser: Any = importlib.import_module("prometheus_client.openmetrics.parser")
@@ -99,17 +99,6 @@ class Agent:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            value = pred()
-            if value:
-                return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 @contextlib.contextmanager
 def daemon(tmp: Path, *extra: str, bpf: bool, memory_cgroup: bool = False) -> Iterator[Agent]:
     port = free_port()
@@ -140,12 +129,7 @@ def daemon(tmp: Path, *extra: str, bpf: bool, memory_cgroup: bool = False) -> It
         yield agent
         assert proc.poll() is None, log.read_text()[-3000:]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc, 30)
         if cgroup is not None:
             problem = remove_cgroup(cgroup)
             assert problem is None, problem
@@ -347,41 +331,10 @@ def test_metrics_content_negotiation_openmetrics_gzip_and_promtool(sampling_agen
 @pytest.mark.bpf
 @pytest.mark.slow
 def test_real_prometheus_scrapes_the_negotiated_exposition(sampling_agent: Agent, tmp_path: Path) -> None:
-    prometheus = shutil.which("prometheus")
-    need(prometheus is not None, "prometheus (Debian package prometheus)")
-    assert prometheus is not None
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-                "scrape_configs": [
-                    {"job_name": "node-agent", "static_configs": [{"targets": [f"127.0.0.1:{sampling_agent.port}"]}]}
-                ],
-            }
-        )
-    )
-    with open(tmp_path / "prometheus.log", "wb") as log:
-        prom = subprocess.Popen(
-            [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )  # fmt: skip
-
-    def query(q: str) -> list[dict[str, Any]]:
-        url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": q})
-        with urllib.request.urlopen(url, timeout=5) as r:
-            result: list[dict[str, Any]] = json.loads(r.read())["data"]["result"]
-            return result
-
-    try:
-        up = wait_for(lambda: query('up{job="node-agent"} == 1'), 60, "Prometheus to scrape the agent")
-        cycles = wait_for(lambda: query("node_agent_cycle_duration_seconds_count"), 30, "the agent's series")
-        scraped = query('scrape_samples_scraped{job="node-agent"}')
-    finally:
-        prom.terminate()
-        prom.wait(30)
+    with prometheus(tmp_path, {"node-agent": sampling_agent.port}) as port:
+        up = wait_for(lambda: query(port, 'up{job="node-agent"} == 1'), 60, "Prometheus to scrape the agent")
+        cycles = wait_for(lambda: query(port, "node_agent_cycle_duration_seconds_count"), 30, "the agent's series")
+        scraped = query(port, 'scrape_samples_scraped{job="node-agent"}')
     assert up and float(cycles[0]["value"][1]) >= 1
     assert float(scraped[0]["value"][1]) >= 10
 

@@ -16,7 +16,6 @@ import random
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -24,12 +23,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from agent.export import safe
 from agent.kube.spec import SourceKind
 from agent.kube.watch import KubeMetadata, WatchSettings
-from agent.lab.cgroupwriter import remove_cgroup
 from tests.hostile.tenants import (
     HOSTILE_COMMS,
     MARKUP_COMM,
@@ -43,10 +40,17 @@ from tests.hostile.tenants import (
     oom_kills,
 )
 from tests.support.capabilities import need
-from tests.support.fakeapi import FakeKubeAPI, make_container, make_pod, uid_of
-from tests.support.workloads import V1_CPU, Cgroup, build_demo, load, need_v1_cpu_cgroup, service
-from tests.system.test_daemon_kube import kubeconfig
-from tests.system.test_e2e_prometheus import free_port, get, wait_for
+from tests.support.fakeapi import (
+    FakeKubeAPI,
+    gomaxprocs_pod,
+    kubeconfig,
+    make_container,
+    make_pod,
+    no_leaked_threads,
+    uid_of,
+)
+from tests.support.loopback import free_port, get, parse_samples, running_agent, wait_for
+from tests.support.workloads import V1_CPU, Cgroup, build_demo, kubelet_pod_cgroup, load, need_v1_cpu_cgroup, service
 
 WAIT = 20.0
 FAST = WatchSettings(
@@ -61,12 +65,8 @@ FAST = WatchSettings(
 
 @pytest.fixture(autouse=True)
 def _no_leaked_threads() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + 2.0
-    while (extra := [t for t in threading.enumerate() if t not in before]) and time.monotonic() < deadline:
-        extra[0].join(0.05)
-    assert not extra, f"threads left running: {[t.name for t in extra]}"
+    with no_leaked_threads():
+        yield
 
 
 @pytest.fixture
@@ -237,16 +237,8 @@ class Node:
     honest: dict[str, str]  # the honest pod's labels
 
 
-def _samples(body: bytes) -> dict[str, list[tuple[dict[str, str], float]]]:
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for fam in text_string_to_metric_families(body.decode("utf-8")):
-        for s in fam.samples:
-            out.setdefault(s.name, []).append((s.labels, s.value))
-    return out
-
-
 def _value(body: bytes, name: str, **labels: str) -> float | None:
-    got = [v for lbl, v in _samples(body).get(name, []) if lbl.items() >= labels.items()]
+    got = [v for lbl, v in parse_samples(body).get(name, []) if lbl.items() >= labels.items()]
     return got[0] if got else None
 
 
@@ -260,85 +252,66 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     names = tmp / "names"
     names.mkdir()
     links = hostile_names(forged, names)
-    n = 4343
-    honest = make_pod(
-        "web-5f6d7c8b9-honest",
-        n=n,
-        node="node-a",
-        namespace="shop",
-        owner=("ReplicaSet", "web-5f6d7c8b9"),
-        labels={"app": "web", "pod-template-hash": "5f6d7c8b9"},
-        containers=[make_container("app", limits={"cpu": "1"}, env=[{"name": "GOMAXPROCS", "value": "64"}])],
-    )
-    root = V1_CPU / f"node-agent-test-{os.getpid()}-hostile"
-    pod_dir = root / "kubepods" / "burstable" / f"pod{uid_of(n)}"
-    ctr_dir = pod_dir / f"{n * 100:064x}"
+    honest = gomaxprocs_pod("web-5f6d7c8b9-honest", n=4343)
     port = free_port()
     log_path = tmp / "agent.log"
-    try:
-        ctr_dir.mkdir(parents=True)
-        Cgroup(pod_dir).set_limit(1.0)
-        with contextlib.ExitStack() as stack:
-            api = stack.enter_context(FakeKubeAPI(bookmark_interval=5.0))
-            api.create_pod(honest)
-            api.create_pod(bomb_pod(90, "bomb-listed"))  # seen by the first list
-            svc = stack.enter_context(service(demo, Cgroup(ctr_dir), {"GOMAXPROCS": "64"}))
-            stack.enter_context(load(demo, svc.url, 900, concurrency=2))  # killed on exit
-            for link in links:  # in the root cgroup: their label is their process name
-                bad = stack.enter_context(service(link, Cgroup(V1_CPU), {"GOMAXPROCS": "3"}))
-                stack.enter_context(load(demo, bad.url, 900, concurrency=2))
-            mem = stack.enter_context(memory_cgroup(limit))
-            cfg = kubeconfig(tmp / "kubeconfig", api.url)
-            agent = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--interval", "3", "--listen", f"127.0.0.1:{port}",
-                 "--node-name", "node-a", "--profiles"],
-                env={**os.environ, "KUBECONFIG": str(cfg)},
-                preexec_fn=lambda: (mem / "cgroup.procs").write_text(str(os.getpid())),  # noqa: PLW1509
-                stdout=subprocess.DEVNULL,
-                stderr=stack.enter_context(open(log_path, "wb")),
+    with contextlib.ExitStack() as stack:
+        cg = stack.enter_context(
+            kubelet_pod_cgroup(
+                honest["metadata"]["uid"], honest["status"]["containerStatuses"][0]["containerID"], "hostile"
+            )
+        )
+        api = stack.enter_context(FakeKubeAPI(bookmark_interval=5.0))
+        api.create_pod(honest)
+        api.create_pod(bomb_pod(90, "bomb-listed"))  # seen by the first list
+        svc = stack.enter_context(service(demo, cg, {"GOMAXPROCS": "64"}))
+        stack.enter_context(load(demo, svc.url, 900, concurrency=2))  # killed on exit
+        for link in links:  # in the root cgroup: their label is their process name
+            bad = stack.enter_context(service(link, Cgroup(V1_CPU), {"GOMAXPROCS": "3"}))
+            stack.enter_context(load(demo, bad.url, 900, concurrency=2))
+        mem = stack.enter_context(memory_cgroup(limit))
+        cfg = kubeconfig(tmp / "kubeconfig", api.url)
+        agent = stack.enter_context(
+            running_agent(
+                log_path, port, "--node-name", "node-a", "--profiles", env={"KUBECONFIG": str(cfg)}, cgroup=mem
+            )
+        )
+        labels = {"namespace": "shop", "pod": "web-5f6d7c8b9-honest", "container": "app"}
+        hostile_labels = {safe.label(os.fsdecode(name)[:15]) for name in HOSTILE_COMMS}
+
+        def all_seen() -> bytes | None:
+            status, body = get(f"http://127.0.0.1:{port}/metrics")
+            if status != 200:
+                return None
+            seen = {lbl.get("container") for lbl, _ in parse_samples(body).get("node_agent_go_gomaxprocs", [])}
+            flagged = _value(body, "node_agent_go_misconfigured", **labels)
+            return body if flagged and hostile_labels <= seen else None
+
+        wait_for(all_seen, 150, "the honest pod flagged and every hostile process exported")
+        # now through the watch: another bomb, and lines that are not events
+        api.create_pod(bomb_pod(91, "bomb-watched"))
+        api.inject(b"not an event\n" + b'{"type":"ADDED","object":"x"}\n')
+
+        def counted() -> bytes | None:
+            _, body = get(f"http://127.0.0.1:{port}/metrics")
+            over = _value(body, "node_agent_errors_total", kind="kube_pod_spec_over_budget") or 0
+            skipped = _value(body, "node_agent_errors_total", kind="kube_event_malformed") or 0
+            return body if over >= 2 and skipped >= 2 else None
+
+        metrics = wait_for(counted, 60, "the watched bomb and the bad lines counted")
+        with named_busy_process(MARKUP_COMM, 60):
+            scan = subprocess.run(
+                [sys.executable, "-m", "agent", "scan", "--duration", "4", "--folded", str(tmp / "folded.txt")],
+                check=False, capture_output=True, timeout=240,
             )  # fmt: skip
-            try:
-                labels = {"namespace": "shop", "pod": "web-5f6d7c8b9-honest", "container": "app"}
-                hostile_labels = {safe.label(os.fsdecode(name)[:15]) for name in HOSTILE_COMMS}
-
-                def all_seen() -> bytes | None:
-                    status, body = get(f"http://127.0.0.1:{port}/metrics")
-                    if status != 200:
-                        return None
-                    seen = {lbl.get("container") for lbl, _ in _samples(body).get("node_agent_go_gomaxprocs", [])}
-                    flagged = _value(body, "node_agent_go_misconfigured", **labels)
-                    return body if flagged and hostile_labels <= seen else None
-
-                wait_for(all_seen, 150, "the honest pod flagged and every hostile process exported")
-                # now through the watch: another bomb, and lines that are not events
-                api.create_pod(bomb_pod(91, "bomb-watched"))
-                api.inject(b"not an event\n" + b'{"type":"ADDED","object":"x"}\n')
-
-                def counted() -> bytes | None:
-                    _, body = get(f"http://127.0.0.1:{port}/metrics")
-                    over = _value(body, "node_agent_errors_total", kind="kube_pod_spec_over_budget") or 0
-                    skipped = _value(body, "node_agent_errors_total", kind="kube_event_malformed") or 0
-                    return body if over >= 2 and skipped >= 2 else None
-
-                metrics = wait_for(counted, 60, "the watched bomb and the bad lines counted")
-                with named_busy_process(MARKUP_COMM, 60):
-                    scan = subprocess.run(
-                        [sys.executable, "-m", "agent", "scan", "--duration", "4", "--folded", str(tmp / "folded.txt")],
-                        check=False, capture_output=True, timeout=240,
-                    )  # fmt: skip
-                readyz = get(f"http://127.0.0.1:{port}/readyz")
-                _, listing = get(f"http://127.0.0.1:{port}/profiles")
-                profiles = []
-                for entry in json.loads(listing):
-                    status, body = get(f"http://127.0.0.1:{port}{entry['path']}")
-                    profiles.append((entry, status, body))
-                alive = agent.poll() is None
-                peak, kills = memory_peak(mem), oom_kills(mem)
-            finally:
-                agent.terminate()
-                agent.wait(30)
-    finally:
-        remove_cgroup(root)
+        readyz = get(f"http://127.0.0.1:{port}/readyz")
+        _, listing = get(f"http://127.0.0.1:{port}/profiles")
+        profiles = []
+        for entry in json.loads(listing):
+            status, body = get(f"http://127.0.0.1:{port}{entry['path']}")
+            profiles.append((entry, status, body))
+        alive = agent.poll() is None
+        peak, kills = memory_peak(mem), oom_kills(mem)
     yield Node(
         limit=limit,
         peak=peak,
@@ -387,7 +360,7 @@ def test_non_utf8_and_escape_comms_never_fail_a_scrape(node: Node) -> None:
     assert promtool is not None
     check = subprocess.run([promtool, "check", "metrics"], check=False, input=node.metrics, capture_output=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    containers = {lbl["container"] for lbl, _ in _samples(node.metrics)["node_agent_go_gomaxprocs"]}
+    containers = {lbl["container"] for lbl, _ in parse_samples(node.metrics)["node_agent_go_gomaxprocs"]}
     assert {"\\xff\\xfebad-utf8", "[red]mark", "\\x1b[2Jesc"} <= containers
     for name in ("\\xff\\xfebad-utf8", "[red]mark", "\\x1b[2Jesc"):  # judged like anyone else: GOMAXPROCS=3, no limit
         assert _value(node.metrics, "node_agent_go_gomaxprocs", container=name) == 3

@@ -35,6 +35,7 @@ import yaml
 
 from agent.cachedir import cache_dir
 from agent.kube.spec import parse_quantity
+from tests.support.capabilities import need
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -604,3 +605,39 @@ def remove_cgroup_tree(rel: str) -> None:
         path = hierarchy / rel.strip("/")
         if path.is_dir():
             remove_cgroup(path)
+
+
+@contextlib.contextmanager
+def containerd(workdir: Path) -> Iterator[str]:
+    """A private containerd (own root, state and sockets under `workdir`, no CRI plugin, no debug or
+    metrics listener); yields its socket for `ctr --address`, stops it and unmounts its state on leaving."""
+    binary = shutil.which("containerd")
+    need(binary is not None and shutil.which("ctr") is not None, "containerd and ctr (Debian package containerd)")
+    assert binary is not None
+    sock = workdir / "containerd.sock"
+    config = workdir / "containerd.toml"
+    config.write_text(
+        "version = 2\n"
+        f'root = "{workdir}/root"\nstate = "{workdir}/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{workdir}/ttrpc.sock"\n'
+        '[debug]\n  address = ""\n[metrics]\n  address = ""\n'
+    )
+    log = workdir / "containerd.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([binary, "--config", str(config)], stdout=out, stderr=out, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not sock.exists():
+            raise ContainerError(f"containerd did not start:\n{log.read_text()[-2000:]}")
+        yield str(sock)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        run(["umount", "-R", f"{workdir}/state"], check=False)

@@ -28,9 +28,10 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -607,7 +608,50 @@ def _filtered(ch: _Change, match: Callable[[Obj | None], bool]) -> Obj | None:
     return None
 
 
+@contextlib.contextmanager
+def no_leaked_threads(grace_s: float = 2.0) -> Iterator[None]:
+    """Every thread started inside (watch threads, the fake server's) is gone `grace_s` after it ends."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + grace_s
+    while (extra := [t for t in threading.enumerate() if t not in before]) and time.monotonic() < deadline:
+        extra[0].join(0.05)
+    assert not extra, f"threads left running: {[t.name for t in extra]}"
+
+
 # ---- realistic pod JSON ---------------------------------------------------------------------
+def kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig that points the agent at `server` (the fake API), written to `path`."""
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": server}}],
+                "users": [{"name": "agent", "user": {"token": "test"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "agent"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    return path
+
+
+def gomaxprocs_pod(name: str, *, n: int) -> Obj:
+    """The case node-agent exists for: a Deployment's pod `name` (`<deployment>-<hash>-<suffix>`)
+    in namespace shop on node-a, one container `app` limited to 1 CPU with GOMAXPROCS=64 in its spec."""
+    deployment, template_hash, _ = name.rsplit("-", 2)
+    return make_pod(
+        name,
+        n=n,
+        node="node-a",
+        namespace="shop",
+        owner=("ReplicaSet", f"{deployment}-{template_hash}"),
+        labels={"app": deployment, "pod-template-hash": template_hash},
+        containers=[make_container("app", limits={"cpu": "1"}, env=[{"name": "GOMAXPROCS", "value": "64"}])],
+    )
+
+
 def container_id(n: int, runtime: str = "containerd") -> str:
     return f"{runtime}://{n:064x}"
 

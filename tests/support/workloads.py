@@ -70,6 +70,23 @@ def v1_cgroup(name: str, cores: float | None) -> Iterator[Cgroup]:
 
 
 @contextlib.contextmanager
+def kubelet_pod_cgroup(pod_uid: str, container_id: str, tag: str, cores: float = 1.0) -> Iterator[Cgroup]:
+    """A container's cgroup laid out as kubelet's cgroupfs driver does
+    (.../kubepods/burstable/pod<uid>/<container id>), nested under a parent of our own as kind nests
+    kubelet's tree under /docker/<id>/; the CPU limit on the pod, the level that is effective."""
+    need_v1_cpu_cgroup()
+    root = V1_CPU / f"node-agent-test-{os.getpid()}-{tag}"
+    pod_dir = root / "kubepods" / "burstable" / f"pod{pod_uid}"
+    ctr_dir = pod_dir / container_id.split("://", 1)[-1]
+    try:
+        ctr_dir.mkdir(parents=True)
+        Cgroup(pod_dir).set_limit(cores)
+        yield Cgroup(ctr_dir)
+    finally:
+        remove_cgroup(root)
+
+
+@contextlib.contextmanager
 def service(binary: Path, cg: Cgroup | None, env: dict[str, str]) -> Iterator[Service]:
     """Start `demo serve` inside ``cg``; ready once it wrote its address to the pipe."""
     r, w = os.pipe()

@@ -178,5 +178,3 @@ class Podman:
                 "-f", str(repo / "Dockerfile"), "-t", tag, str(repo),
                 timeout=BUILD_TIMEOUT_S,
             )  # fmt: skip
-
-

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from agent.lab.gotoolchain import GoToolchain, build_env, find_toolchains
 from tests.support.capabilities import need, need_root
@@ -41,6 +40,7 @@ from tests.support.containers import (
     DaemonSetAgent,
     MemoryPeak,
     container,
+    containerd,
     ensure_image,
     image_size,
     load_daemonset,
@@ -50,10 +50,11 @@ from tests.support.containers import (
     remove_cgroup_tree,
     run,
 )
-from tests.support.fakeapi import FakeKubeAPI, make_container, make_pod, uid_of
+from tests.support.fakeapi import FakeKubeAPI, kubeconfig, make_container, make_pod, uid_of
+from tests.support.loopback import free_port, get, scrape, wait_for
+from tests.support.prometheus import GOMAXPROCS_ALERT as ALERT
+from tests.support.prometheus import firing, prometheus
 from tests.support.workloads import build_demo
-from tests.system.test_daemon_kube import kubeconfig, scrape
-from tests.system.test_e2e_prometheus import ALERT, free_port, get, short_rules, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.bpf, pytest.mark.cgroup]
 
@@ -311,28 +312,12 @@ def test_writable_host_mounts_are_reported_on_readyz_and_metrics(images: Images,
 def test_run_in_the_agent_container_serves_metrics_profiles_and_fires_the_alert(
     images: Images, spec: DaemonSetAgent, workloads: Workloads, tmp_path: Path
 ) -> None:
-    prometheus = shutil.which("prometheus")
-    need(prometheus is not None, "prometheus (Debian package prometheus)")
-    assert prometheus is not None
-    port, prom_port = free_port(), free_port()
+    port = free_port()
     pod = make_pod(
         POD[1], n=POD_N, node=NODE, namespace=POD[0], owner=("ReplicaSet", "web-7d9f8b6c5"),
         containers=[make_container(POD[2], limits={"cpu": "1"}, env=[{"name": "GOMAXPROCS", "value": "64"}])],
     )  # fmt: skip
     pod["status"]["containerStatuses"][0]["containerID"] = f"containerd://{workloads.kube.container.id}"
-    rules = short_rules(tmp_path)
-    (tmp_path / "prometheus.yml").write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
-                "rule_files": [str(rules)],
-                "scrape_configs": [
-                    {"job_name": "node-agent", "honor_labels": True,
-                     "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
-                ],
-            }
-        )
-    )  # fmt: skip
     with FakeKubeAPI() as api:
         api.create_pod(pod)
         cfg = kubeconfig(tmp_path / "kubeconfig", api.url)
@@ -347,12 +332,7 @@ def test_run_in_the_agent_container_serves_metrics_profiles_and_fires_the_alert(
             mem = MemoryPeak(agent.pid(), memory_cgroup(agent.pid()))
             wait_for(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 180, "the agent's /readyz")
             record("start_to_ready_s", round(time.monotonic() - started, 1))
-            prom = subprocess.Popen(
-                [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            try:
+            with prometheus(tmp_path, {"node-agent": port}) as prom_port:
                 plain_name = f"podman:{workloads.plain.container.id[:12]}"  # outside Kubernetes: runtime + id
                 want = {POD[2], plain_name}
 
@@ -364,26 +344,15 @@ def test_run_in_the_agent_container_serves_metrics_profiles_and_fires_the_alert(
 
                 metrics = wait_for(flagged, 120, "both containers flagged on /metrics")
 
-                def firing() -> set[str]:
+                def both_firing() -> set[str]:
                     mem.poll()
-                    status, body = get(f"http://127.0.0.1:{prom_port}/api/v1/alerts")
-                    if status != 200:
-                        return set()
-                    alerts = json.loads(body)["data"]["alerts"]
-                    names = {
-                        a["labels"].get("container", "")
-                        for a in alerts
-                        if a["labels"].get("alertname") == ALERT and a["state"] == "firing"
-                    }
+                    names = {a["labels"].get("container", "") for a in firing(prom_port, ALERT)}
                     return names if want <= names else set()
 
-                wait_for(firing, 120, f"{ALERT} firing for both containers")
+                wait_for(both_firing, 120, f"{ALERT} firing for both containers")
                 listing = get(f"http://127.0.0.1:{port}/profiles")
                 profile = get(f"http://127.0.0.1:{port}/profiles/{'/'.join(POD)}")
                 mem.poll()
-            finally:
-                prom.terminate()
-                prom.wait(30)
             logs = agent.logs()
         record("agent_rss_peak_mib_run", round(mem.rss_peak / 2**20, 1))
     labels = {"namespace": POD[0], "pod": POD[1], "container": POD[2]}
@@ -486,36 +455,6 @@ def test_memory_soak_under_the_manifests_limit_with_many_big_go_binaries(
 # ---- containerd + ctr -------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def containerd(tmp: Path) -> Iterator[str]:
-    """A private containerd (own root, state, socket; no CRI plugin), stopped at the end."""
-    sock = tmp / "containerd.sock"
-    config = tmp / "config.toml"
-    config.write_text(
-        "version = 2\n"
-        f'root = "{tmp}/root"\nstate = "{tmp}/state"\n'
-        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-        f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{tmp}/ttrpc.sock"\n'
-        '[debug]\n  address = ""\n[metrics]\n  address = ""\n'
-    )
-    log = open(tmp / "containerd.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(["containerd", "--config", str(config)], stdout=log, stderr=log, start_new_session=True)
-    try:
-        wait_for(sock.exists, 60, "containerd's socket")
-        yield str(sock)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
-        with contextlib.suppress(OSError):
-            run(["umount", "-R", f"{tmp}/state"], check=False, env=dict(os.environ))
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 # linux/capability.h, 0..40.
 LINUX_CAPS = [
     "CHOWN",
@@ -597,30 +536,32 @@ def test_the_same_image_under_containerd_and_ctr_passes_the_scan_check(
 ) -> None:
     for tool in ("containerd", "ctr"):
         need(shutil.which(tool) is not None, f"{tool} (Debian package containerd)")
-    tmp = Path(tempfile.mkdtemp(prefix="na-ctrd-"))  # short: a unix socket path must fit 108 bytes
-    archive = tmp / "image.tar"
-    started = time.monotonic()
-    # Uncompressed layers: nothing to gzip here and gunzip again in containerd.
-    podman("save", "--format", "oci-archive", "--uncompressed", "-o", str(archive), images.agent.name, timeout=600)
-    with containerd(tmp) as sock:
-        ctr = ["ctr", "--address", sock, "--namespace", "node-agent-test"]
-        env = dict(os.environ)
-        imported = run([*ctr, "images", "import", "--base-name", "localhost/node-agent-test", str(archive)],
-                       timeout=600, env=env)  # fmt: skip
-        archive.unlink()
-        ref = next(
-            line.split()[0]
-            for line in run([*ctr, "images", "ls", "-q"], env=env).stdout.splitlines()
-            if line.startswith("localhost/node-agent-test")
-        )
-        record("containerd_import_s", round(time.monotonic() - started, 1))
-        name = f"node-agent-test-{uuid.uuid4().hex[:8]}"
-        res = run(
-            [*ctr, "run", "--rm", *ctr_flags(spec), ref, name, "node-agent",
-             *agent_args(spec, "scan", "--json", "--duration", "6")],
-            timeout=300, check=False, env=env,
-        )  # fmt: skip
-        run([*ctr, "containers", "rm", name], check=False, env=env)
+    # Not under tmp_path: a unix socket path must fit 108 bytes.
+    with tempfile.TemporaryDirectory(prefix="na-ctrd-", ignore_cleanup_errors=True) as tmpdir:
+        tmp = Path(tmpdir)
+        archive = tmp / "image.tar"
+        started = time.monotonic()
+        # Uncompressed layers: nothing to gzip here and gunzip again in containerd.
+        podman("save", "--format", "oci-archive", "--uncompressed", "-o", str(archive), images.agent.name, timeout=600)
+        with containerd(tmp) as sock:
+            ctr = ["ctr", "--address", sock, "--namespace", "node-agent-test"]
+            env = dict(os.environ)
+            imported = run([*ctr, "images", "import", "--base-name", "localhost/node-agent-test", str(archive)],
+                           timeout=600, env=env)  # fmt: skip
+            archive.unlink()
+            ref = next(
+                line.split()[0]
+                for line in run([*ctr, "images", "ls", "-q"], env=env).stdout.splitlines()
+                if line.startswith("localhost/node-agent-test")
+            )
+            record("containerd_import_s", round(time.monotonic() - started, 1))
+            name = f"node-agent-test-{uuid.uuid4().hex[:8]}"
+            res = run(
+                [*ctr, "run", "--rm", *ctr_flags(spec), ref, name, "node-agent",
+                 *agent_args(spec, "scan", "--json", "--duration", "6")],
+                timeout=300, check=False, env=env,
+            )  # fmt: skip
+            run([*ctr, "containers", "rm", name], check=False, env=env)
     assert res.returncode == 0, (imported.stdout, res.stderr[-3000:])
     rows = json.loads(res.stdout)
     assert_flagged(rows, workloads.plain, res.stderr)

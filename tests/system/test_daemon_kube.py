@@ -10,45 +10,14 @@ labels and explain the misconfiguration by the spec.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from agent.lab.cgroupwriter import remove_cgroup
 from tests.support.capabilities import need_root
-from tests.support.fakeapi import FakeKubeAPI, make_container, make_pod, uid_of
-from tests.support.workloads import V1_CPU, Cgroup, build_demo, load, need_v1_cpu_cgroup, service
-from tests.system.test_e2e_prometheus import free_port, get, wait_for
-
-
-def kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": server}}],
-                "users": [{"name": "agent", "user": {"token": "test"}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "agent"}}],
-                "current-context": "fake",
-            }
-        )
-    )
-    return path
-
-
-def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
-    _, body = get(f"http://127.0.0.1:{port}/metrics")
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for fam in text_string_to_metric_families(body.decode()):
-        for s in fam.samples:
-            out.setdefault(s.name, []).append((s.labels, s.value))
-    return out
+from tests.support.fakeapi import FakeKubeAPI, gomaxprocs_pod, kubeconfig
+from tests.support.loopback import free_port, get, running_agent, scrape, wait_for
+from tests.support.workloads import build_demo, kubelet_pod_cgroup, load, service
 
 
 @pytest.mark.bpf
@@ -56,58 +25,30 @@ def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
 @pytest.mark.slow
 def test_daemon_labels_kubernetes_workloads_from_cgroup_and_pod_watch(tmp_path: Path) -> None:
     need_root()
-    need_v1_cpu_cgroup()
     demo = build_demo()
-    n = 4242
-    pod_uid = uid_of(n)
-    cid = f"{n * 100:064x}"  # make_pod gives container k the ID container_id(n * 100 + k)
-    pod = make_pod(
-        "web-7d9f8b6c5-x2kqz",
-        n=n,
-        node="node-a",
-        namespace="shop",
-        owner=("ReplicaSet", "web-7d9f8b6c5"),
-        labels={"app": "web", "pod-template-hash": "7d9f8b6c5"},
-        containers=[make_container("app", limits={"cpu": "1"}, env=[{"name": "GOMAXPROCS", "value": "64"}])],
-    )
-    # Nested under a parent of our own, as kind nests kubelet's tree under /docker/<id>/.
-    root = V1_CPU / f"node-agent-test-{os.getpid()}"
-    pod_dir = root / "kubepods" / "burstable" / f"pod{pod_uid}"
-    ctr_dir = pod_dir / cid
+    pod = gomaxprocs_pod("web-7d9f8b6c5-x2kqz", n=4242)
+    labels = {"namespace": "shop", "pod": "web-7d9f8b6c5-x2kqz", "container": "app"}
     port = free_port()
-    try:
-        ctr_dir.mkdir(parents=True)
-        Cgroup(pod_dir).set_limit(1.0)  # the pod-level limit is the effective one
-        with (
-            FakeKubeAPI() as api,
-            service(demo, Cgroup(ctr_dir), {"GOMAXPROCS": "64"}) as svc,
-            load(demo, svc.url, 60),
-        ):
-            api.create_pod(pod)
-            cfg = kubeconfig(tmp_path / "kubeconfig", api.url)
-            agent = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--interval", "3", "--listen", f"127.0.0.1:{port}",
-                 "--node-name", "node-a", "--profiles"],
-                env={**os.environ, "KUBECONFIG": str(cfg)},
-                stdout=subprocess.DEVNULL,
-                stderr=open(tmp_path / "agent.log", "wb"),  # noqa: SIM115
-            )  # fmt: skip
-            try:
-                labels = {"namespace": "shop", "pod": "web-7d9f8b6c5-x2kqz", "container": "app"}
+    with (
+        kubelet_pod_cgroup(pod["metadata"]["uid"], pod["status"]["containerStatuses"][0]["containerID"], "kube") as cg,
+        FakeKubeAPI() as api,
+        service(demo, cg, {"GOMAXPROCS": "64"}) as svc,
+        load(demo, svc.url, 60),
+    ):
+        api.create_pod(pod)
+        cfg = kubeconfig(tmp_path / "kubeconfig", api.url)
+        with running_agent(
+            tmp_path / "agent.log", port, "--node-name", "node-a", "--profiles", env={"KUBECONFIG": str(cfg)}
+        ) as agent:
 
-                def flagged() -> dict[str, list[tuple[dict[str, str], float]]] | None:
-                    m = scrape(port)
-                    hits = [v for lbl, v in m.get("node_agent_go_misconfigured", []) if lbl.items() >= labels.items()]
-                    return m if hits else None
+            def flagged() -> dict[str, list[tuple[dict[str, str], float]]] | None:
+                m = scrape(port)
+                hits = [v for lbl, v in m.get("node_agent_go_misconfigured", []) if lbl.items() >= labels.items()]
+                return m if hits else None
 
-                metrics = wait_for(flagged, 120, "the pod's misconfigured series")
-                profiles = get(f"http://127.0.0.1:{port}/profiles/shop/web-7d9f8b6c5-x2kqz/app")
-            finally:
-                agent.terminate()
-                agent.wait(30)
-            selectors = {r.query.get("fieldSelector") for r in api.requests if r.path == "/api/v1/pods"}
-    finally:
-        remove_cgroup(root)
+            metrics = wait_for(flagged, 120, "the pod's misconfigured series")
+            profiles = get(f"http://127.0.0.1:{port}/profiles/shop/web-7d9f8b6c5-x2kqz/app")
+        selectors = {r.query.get("fieldSelector") for r in api.requests if r.path == "/api/v1/pods"}
     log = (tmp_path / "agent.log").read_text()
 
     def value(name: str) -> float:

@@ -10,12 +10,11 @@ the dashboard and the alert read, straight from the kernel's cpu.stat of the tes
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import re
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,9 +26,10 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.export.metrics import METRIC_NAMES
-from tests.support.capabilities import need, need_root
+from tests.support.capabilities import need_root
+from tests.support.loopback import free_port, running_agent, wait_for
+from tests.support.prometheus import firing, prometheus, promtool, query
 from tests.support.workloads import Cgroup, build_demo, load, service, v1_cgroup
-from tests.system.test_e2e_prometheus import free_port, get, short_rules, wait_for
 
 yaml: Any = importlib.import_module("yaml")
 
@@ -61,13 +61,6 @@ def queries() -> list[tuple[str, str]]:
                 expr = expr.replace(var, value)
             out.append((f"{p['title']} {t['refId']}", expr))
     return out
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    need(path is not None, "promtool (Debian package prometheus)")
-    assert path is not None
-    return path
 
 
 # ---- offline ----------------------------------------------------------------------------------
@@ -153,18 +146,17 @@ class CpuStat(Collector):
         yield throttled
 
 
-def query(prom_port: int, expr: str) -> list[dict[str, Any]]:
-    """Through promtool, as the issue asks: it parses the query and prints the result as JSON."""
-    res = subprocess.run(
-        [promtool(), "query", "instant", "-o", "json", f"http://127.0.0.1:{prom_port}", expr],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert res.returncode == 0, (expr, res.stderr)
-    result: list[dict[str, Any]] = json.loads(res.stdout)
-    return result
+@contextlib.contextmanager
+def cadvisor(port: int, collector: Collector) -> Iterator[None]:
+    """The kubelet's cAdvisor endpoint, as far as the dashboard reads it, on 127.0.0.1:port."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        thread.join(10)
 
 
 @pytest.mark.bpf
@@ -172,26 +164,8 @@ def query(prom_port: int, expr: str) -> list[dict[str, Any]]:
 @pytest.mark.slow
 def test_every_panel_returns_data_from_a_real_agent_and_the_throttling_alert_fires(tmp_path: Path) -> None:
     need_root()
-    prometheus = shutil.which("prometheus")
-    need(prometheus is not None, "prometheus (Debian package prometheus)")
-    assert prometheus is not None
     demo = build_demo()
-    agent_port, prom_port, cadvisor_port = free_port(), free_port(), free_port()
-    rules = short_rules(tmp_path)
-    (tmp_path / "prometheus.yml").write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
-                "rule_files": [str(rules)],
-                "scrape_configs": [
-                    {"job_name": "node-agent", "honor_labels": True,
-                     "static_configs": [{"targets": [f"127.0.0.1:{agent_port}"]}]},
-                    {"job_name": "kubelet", "honor_labels": True,
-                     "static_configs": [{"targets": [f"127.0.0.1:{cadvisor_port}"]}]},
-                ],
-            }
-        )
-    )  # fmt: skip
+    agent_port, cadvisor_port = free_port(), free_port()
     with (
         # A tenth of a core each (10 ms per 100 ms period): on a machine of 2 CPUs shared with other
         # work a loaded service in a full or half core was seldom throttled; at 0.1 both twins are
@@ -203,59 +177,28 @@ def test_every_panel_returns_data_from_a_real_agent_and_the_throttling_alert_fir
         service(demo, good_cg, {"GOMAXPROCS": "2"}) as good,
         load(demo, bad.url, 180),
         load(demo, good.url, 180),
+        cadvisor(cadvisor_port, CpuStat([bad_cg, good_cg])),
+        running_agent(tmp_path / "agent.log", agent_port, "--no-kubernetes"),
+        prometheus(tmp_path, {"node-agent": agent_port, "kubelet": cadvisor_port}) as prom_port,
     ):
-        registry = CollectorRegistry()
-        registry.register(CpuStat([bad_cg, good_cg]))
-        server, thread = start_http_server(cadvisor_port, addr="127.0.0.1", registry=registry)
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--interval", "3", "--no-kubernetes",
-             "--listen", f"127.0.0.1:{agent_port}"],
-            stdout=subprocess.DEVNULL,
-            stderr=open(tmp_path / "agent.log", "wb"),  # noqa: SIM115
-        )  # fmt: skip
-        prom = subprocess.Popen(
-            [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-            stdout=subprocess.DEVNULL,
-            stderr=open(tmp_path / "prometheus.log", "wb"),  # noqa: SIM115
-        )  # fmt: skip
+
+        def empty() -> list[str]:
+            return [title for title, expr in queries() if not query(prom_port, expr)]
+
+        wait_for(lambda: not empty(), 150, "every dashboard query to return data")
         try:
-            wait_for(lambda: get(f"http://127.0.0.1:{agent_port}/readyz")[0] == 200, 90, "the agent's /readyz")
-
-            def empty() -> list[str]:
-                return [title for title, expr in queries() if not query(prom_port, expr)]
-
-            wait_for(lambda: not empty(), 150, "every dashboard query to return data")
-
-            def firing() -> list[dict[str, Any]]:
-                status, body = get(f"http://127.0.0.1:{prom_port}/api/v1/alerts")
-                alerts = json.loads(body)["data"]["alerts"] if status == 200 else []
-                return [a for a in alerts if a["labels"].get("alertname") == THROTTLING and a["state"] == "firing"]
-
-            try:
-                alerts = wait_for(firing, 120, f"{THROTTLING} to fire")
-            except AssertionError:
-                ratio = query(prom_port, dict(queries())["CPU throttling (cAdvisor) A"])
-                flagged = query(prom_port, 'node_agent_go_misconfigured{reason="gomaxprocs_above_limit"}')
-                raw = query(prom_port, "container_cpu_cfs_throttled_periods_total")
-                raise AssertionError(
-                    f"{THROTTLING} did not fire: throttled {ratio}, flagged {flagged}, raw {raw}"
-                ) from None
-            time.sleep(6)  # the twin has had as long to (wrongly) fire
-            alerts = firing()
-            table = query(prom_port, dict(queries())["Misconfigured GOMAXPROCS A"])
-            throttled = query(prom_port, dict(queries())["CPU throttling (cAdvisor) A"])
-        finally:
-            for proc in (prom, agent):
-                proc.terminate()
-            for proc in (prom, agent):
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-            server.shutdown()
-            thread.join(10)
+            wait_for(lambda: firing(prom_port, THROTTLING), 120, f"{THROTTLING} to fire")
+        except AssertionError:
+            ratio = query(prom_port, dict(queries())["CPU throttling (cAdvisor) A"])
+            flagged = query(prom_port, 'node_agent_go_misconfigured{reason="gomaxprocs_above_limit"}')
+            raw = query(prom_port, "container_cpu_cfs_throttled_periods_total")
+            raise AssertionError(
+                f"{THROTTLING} did not fire: throttled {ratio}, flagged {flagged}, raw {raw}"
+            ) from None
+        time.sleep(6)  # the twin has had as long to (wrongly) fire
+        alerts = firing(prom_port, THROTTLING)
+        table = query(prom_port, dict(queries())["Misconfigured GOMAXPROCS A"])
+        throttled = query(prom_port, dict(queries())["CPU throttling (cAdvisor) A"])
         bad_name, good_name = bad_cg.path.name, good_cg.path.name
     log = (tmp_path / "agent.log").read_text()[-2000:]
     # The table lists the misconfigured twin, not the other.

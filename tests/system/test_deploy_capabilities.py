@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.support.capabilities import need, need_root
+from tests.support.containers import containerd
 from tests.unit.test_deploy import CAPABILITIES, ROOT, agent_container
 
 # ---- the capability set, for real ------------------------------------------------------------
@@ -480,35 +481,6 @@ CTR_DEFAULT_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID
 
 
 @contextlib.contextmanager
-def containerd_daemon(workdir: Path) -> Iterator[str]:
-    """A private containerd (no CRI plugin) on a socket under ``workdir``; stopped on exit."""
-    binary = shutil.which("containerd")
-    need(binary is not None and shutil.which("ctr") is not None, "containerd and ctr (Debian package containerd)")
-    assert binary is not None
-    sock = workdir / "containerd.sock"
-    config = workdir / "containerd.toml"
-    config.write_text(
-        f'version = 2\nroot = "{workdir}/root"\nstate = "{workdir}/state"\n'
-        f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{sock}"\n'
-    )
-    with open(workdir / "containerd.log", "wb") as log:
-        proc = subprocess.Popen([binary, "--config", str(config)], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 30
-        while not sock.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-        assert sock.exists(), (workdir / "containerd.log").read_text()[-2000:]
-        yield str(sock)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-@contextlib.contextmanager
 def usr_rootfs(workdir: Path) -> Iterator[Path]:
     """A root filesystem of this machine's /usr (read-only bind) and empty dirs: Debian's python3 and bcc."""
     rootfs = workdir / "rootfs"
@@ -542,7 +514,7 @@ def test_bcc_profiling_works_under_containerds_runtime_default_seccomp(
         subprocess.run(["/usr/bin/python3", "-c", "import bcc"], capture_output=True, check=False).returncode == 0,
         "bcc for /usr/bin/python3 (Debian python3-bpfcc)",
     )
-    with containerd_daemon(tmp_path) as sock, usr_rootfs(tmp_path) as rootfs:
+    with containerd(tmp_path) as sock, usr_rootfs(tmp_path) as rootfs:
         env = kernel_headers(rootfs / "probe")
         need(env is not None, "kernel headers (/lib/modules/$(uname -r)/build or /usr/src/linux-headers-*)")
         assert env is not None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -17,7 +16,7 @@ import pytest
 from agent.analysis.pipeline import KubeSource
 from agent.kube.spec import PodMeta
 from agent.kube.watch import KubeMetadata, WatchSettings, connect, load_configuration
-from tests.support.fakeapi import FakeKubeAPI, container_id, make_pod, uid_of
+from tests.support.fakeapi import FakeKubeAPI, container_id, make_pod, no_leaked_threads, uid_of
 
 FAST = WatchSettings(
     watch_timeout_s=5,
@@ -107,13 +106,8 @@ current-context: fake
 # =============================================================================================
 @pytest.fixture(autouse=True)
 def _no_leaked_threads() -> Iterator[None]:
-    """Every watch thread and every fake-server thread a test starts is gone when it ends."""
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + 2.0
-    while (extra := [t for t in threading.enumerate() if t not in before]) and time.monotonic() < deadline:
-        extra[0].join(0.05)
-    assert not extra, f"threads left running: {[t.name for t in extra]}"
+    with no_leaked_threads():
+        yield
 
 
 @pytest.fixture

@@ -99,9 +99,7 @@ def test_drain_result_totals() -> None:
         (8, 97, 15.0, (16384, 16384)),
     ],
 )
-def test_map_sizes_follow_cpus_rate_and_interval(
-    cpus: int, freq: int, interval: float, sizes: tuple[int, int]
-) -> None:
+def test_map_sizes_follow_cpus_rate_and_interval(cpus: int, freq: int, interval: float, sizes: tuple[int, int]) -> None:
     assert map_sizes(cpus, freq, interval) == sizes
 
 

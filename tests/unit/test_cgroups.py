@@ -455,6 +455,7 @@ def test_cpu_list_is_the_set_it_lists(cpus: set[int]) -> None:
 
 # ---- layout ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("tree", "mode", "cpu_dir", "cpuset_dir", "unified_dir"),
     [

@@ -47,9 +47,7 @@ def env_vars_of(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def test_every_run_env_variable_has_a_bad_value_case() -> None:
-    assert {name for name, _, _ in BAD_ENV} | {"NODE_AGENT_CACHE", "NODE_NAME"} == env_vars_of(
-        build_parser()
-    )
+    assert {name for name, _, _ in BAD_ENV} | {"NODE_AGENT_CACHE", "NODE_NAME"} == env_vars_of(build_parser())
 
 
 @pytest.mark.parametrize(("name", "value", "why"), BAD_ENV, ids=[f"{n}={v}" for n, v, _ in BAD_ENV])

@@ -31,6 +31,7 @@ from packaging.requirements import Requirement
 
 from agent.export.metrics import METRIC_NAMES
 from tests.support.capabilities import need
+from tests.support.prometheus import promtool
 
 # PyYAML ships no type stubs and types-PyYAML is not a test dependency.
 yaml: Any = importlib.import_module("yaml")
@@ -365,7 +366,7 @@ def test_agent_container_wiring() -> None:
     assert c["ports"] == [{"name": "metrics", "containerPort": 9464, "protocol": "TCP"}]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
-    assert c["resources"] == {"requests": {"cpu": "50m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
+    assert c["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
     assert "PLACEHOLDER" in DAEMONSET.read_text()
 
 
@@ -419,13 +420,6 @@ def test_service_and_podmonitor_select_the_agent() -> None:
 
 
 # ---- Prometheus rules ------------------------------------------------------------------------
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    need(path is not None, "promtool (Debian package prometheus)")
-    assert path is not None
-    return path
 
 
 def run(argv: list[str], cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess[str]:

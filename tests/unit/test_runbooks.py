@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agent.cli import build_parser
-from tests.support.capabilities import need
+from tests.support.prometheus import promtool
 
 yaml: Any = importlib.import_module("yaml")
 
@@ -98,13 +98,6 @@ def runbook_commands() -> list[str]:
 def test_runbook_commands_parse(command: str) -> None:
     argv = shlex.split(command)[1:]
     build_parser().parse_args(argv)  # SystemExit (status 2) on an unknown option
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    need(path is not None, "promtool (Debian package prometheus)")
-    assert path is not None
-    return path
 
 
 def run_throttling_test(tmp_path: Path, rules_text: str) -> subprocess.CompletedProcess[str]:
