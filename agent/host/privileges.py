@@ -14,6 +14,10 @@ capabilities, and ``allowPrivilegeEscalation: false`` blocks file capabilities),
 starts as uid 0 with CAP_SETUID + CAP_SETGID added and the agent switches itself, first thing,
 before any thread exists (capabilities are per thread): keep-caps, setresgid/setresuid, then
 capset with SETUID/SETGID removed from the permitted set, so they cannot come back.
+
+SYS_RESOURCE goes the same way on kernels from 5.11: they charge BPF maps and programs to the
+memory cgroup instead of RLIMIT_MEMLOCK, and raising that limit (bcc does it only after an EPERM)
+is all the agent needs SYS_RESOURCE for. The manifest keeps it for 5.8-5.10 nodes.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 import threading
 
 from agent.errors import NodeAgentError
 
 CAP_SETGID = 6
 CAP_SETUID = 7
+CAP_SYS_RESOURCE = 24
 PR_SET_KEEPCAPS = 8
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -77,8 +83,23 @@ def parse_user(text: str) -> tuple[int, int]:
     return uid, gid
 
 
-def drop_to(uid: int, gid: int) -> int:
-    """Become ``uid``:``gid`` with today's capabilities minus SETUID/SETGID; returns the kept mask."""
+def bpf_memory_in_memcg(kernel_release: str) -> bool:
+    """Whether this kernel charges BPF memory to the memory cgroup (5.11 and later), so that
+    RLIMIT_MEMLOCK, and the SYS_RESOURCE to raise it, play no part; an unreadable release: no."""
+    m = re.match(r"(\d+)\.(\d+)", kernel_release)
+    return m is not None and (int(m[1]), int(m[2])) >= (5, 11)
+
+
+def unneeded(kernel_release: str) -> int:
+    """The capabilities dropped after the switch: SETUID/SETGID always, SYS_RESOURCE where unused."""
+    mask = 1 << CAP_SETUID | 1 << CAP_SETGID
+    if bpf_memory_in_memcg(kernel_release):
+        mask |= 1 << CAP_SYS_RESOURCE
+    return mask
+
+
+def drop_to(uid: int, gid: int, kernel_release: str | None = None) -> int:
+    """Become ``uid``:``gid`` with today's capabilities minus the ``unneeded`` ones; returns the kept mask."""
     if threading.active_count() != 1:
         raise PrivilegeError("switching users must happen before any thread starts (capabilities are per thread)")
     _, permitted = capabilities()
@@ -87,7 +108,7 @@ def drop_to(uid: int, gid: int) -> int:
     ]
     if missing and os.geteuid() != uid:
         raise PrivilegeError(f"cannot switch to uid {uid}: {' and '.join(missing)} missing")
-    keep = permitted & ~(1 << CAP_SETUID | 1 << CAP_SETGID)
+    keep = permitted & ~unneeded(os.uname().release if kernel_release is None else kernel_release)
     libc = _libc()
     if libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:
         raise PrivilegeError(f"prctl(PR_SET_KEEPCAPS) failed: {os.strerror(ctypes.get_errno())}")
