@@ -36,10 +36,16 @@ class PackedStacks:
         self.frames = array("Q")
         self.lengths = array("H")
         self.counts = array("Q")
+        frames, lengths, counts = self.frames, self.lengths, self.counts
         for pcs, count in stacks:
-            self.frames.extend(pc & _ADDRESS_MASK for pc in pcs)
-            self.lengths.append(len(pcs))
-            self.counts.append(count)
+            before = len(frames)
+            try:
+                frames.extend(pcs)  # in C: the kernel's PCs are u64 already
+            except OverflowError:  # a PC outside u64 (hand-made stacks): wrapped as the kernel would
+                del frames[before:]  # extend appends item by item: drop what it took before failing
+                frames.extend(pc & _ADDRESS_MASK for pc in pcs)
+            lengths.append(len(pcs))
+            counts.append(count)
 
     def __len__(self) -> int:
         return len(self.counts)
