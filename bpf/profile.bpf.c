@@ -29,6 +29,8 @@
 // waits for programs already running to finish (an update of the `barrier`
 // map-in-map makes the kernel call synchronize_rcu()), then reads and empties
 // the set nobody writes. Nothing is lost or counted twice across a drain.
+// The `lost` and `idle` counters are split by set the same way, so that a
+// window's losses are those of the samples it holds.
 //
 // The user stack is what the kernel's perf callchain code walks (frame
 // pointers, from the user registers even when the CPU was in the kernel):
@@ -133,8 +135,8 @@ BPF_PERCPU_ARRAY(stack_buf, struct stack, 1);
 
 // Cumulative counters, per CPU so no atomics are needed; user space sums them
 // and reports the difference between drains.
-BPF_PERCPU_ARRAY(lost, u64, LOST_REASONS);
-BPF_PERCPU_ARRAY(idle, u64, 1);  // samples of the idle task (pid 0): total CPU = busy + idle
+BPF_PERCPU_ARRAY(lost, u64, 2 * LOST_REASONS);  // [set * LOST_REASONS + reason], cumulative
+BPF_PERCPU_ARRAY(idle, u64, 2);  // [set]: samples of the idle task (pid 0): total CPU = busy + idle
 
 // Never read by the program. User space updates `barrier` after flipping
 // active_set; for map-in-map updates the kernel waits (synchronize_rcu) until
@@ -142,9 +144,10 @@ BPF_PERCPU_ARRAY(idle, u64, 1);  // samples of the idle task (pid 0): total CPU 
 BPF_ARRAY(barrier_inner, u32, 1);
 BPF_ARRAY_OF_MAPS(barrier, "barrier_inner", 1);
 
-static __always_inline void count_lost(int reason)
+static __always_inline void count_lost(int one_set, int reason)
 {
-    u64 *n = lost.lookup(&reason);
+    int slot = one_set * LOST_REASONS + reason;
+    u64 *n = lost.lookup(&slot);
     if (n)
         *n += 1;  // per-CPU slot, and this program does not nest on a CPU
 }
@@ -231,7 +234,7 @@ static __always_inline void add_cat_0(struct cat_key *key)
     if (n)
         __sync_fetch_and_add(n, 1);
     else
-        count_lost(LOST_CATEGORIES_FULL);
+        count_lost(0, LOST_CATEGORIES_FULL);
 }
 
 static __always_inline void add_cat_1(struct cat_key *key)
@@ -244,7 +247,7 @@ static __always_inline void add_cat_1(struct cat_key *key)
     if (n)
         __sync_fetch_and_add(n, 1);
     else
-        count_lost(LOST_CATEGORIES_FULL);
+        count_lost(1, LOST_CATEGORIES_FULL);
 }
 
 static __always_inline void add_count_0(struct sample_key *key)
@@ -258,7 +261,7 @@ static __always_inline void add_count_0(struct sample_key *key)
     if (n)
         __sync_fetch_and_add(n, 1);
     else
-        count_lost(err == -E2BIG || err == -ENOMEM ? LOST_COUNTS_FULL : LOST_COUNTS_OTHER);
+        count_lost(0, err == -E2BIG || err == -ENOMEM ? LOST_COUNTS_FULL : LOST_COUNTS_OTHER);
 }
 
 static __always_inline void add_count_1(struct sample_key *key)
@@ -272,7 +275,7 @@ static __always_inline void add_count_1(struct sample_key *key)
     if (n)
         __sync_fetch_and_add(n, 1);
     else
-        count_lost(err == -E2BIG || err == -ENOMEM ? LOST_COUNTS_FULL : LOST_COUNTS_OTHER);
+        count_lost(1, err == -E2BIG || err == -ENOMEM ? LOST_COUNTS_FULL : LOST_COUNTS_OTHER);
 }
 
 // Store a stack under its hash; 0 if stored (or already there), else -errno.
@@ -293,9 +296,11 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tid = (u32)pid_tgid;
     int zero = 0;
+    u32 *set = active_set.lookup(&zero);
+    int one_set = set && *set == 1;
 
     if (tid == 0) {  // the idle task: count it, keep no stack
-        u64 *n = idle.lookup(&zero);
+        u64 *n = idle.lookup(&one_set);
         if (n)
             *n += 1;
         return 0;
@@ -305,8 +310,6 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
     struct cat_key ck = {};
     ck.tgid = tgid;
     ck.cgroup_id = bpf_get_current_cgroup_id();
-    u32 *set = active_set.lookup(&zero);
-    int one_set = set && *set == 1;
 
     struct go_proc *p = procs.lookup(&tgid);
     if (!p) {  // not Go, or not registered yet: counted, no stack walked
@@ -331,19 +334,19 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
     if (got <= 0) {
         ck.category = CAT_UNKNOWN;
         key.user_stack_err = got < 0 ? (s32)got : -EFAULT;
-        count_lost(got == -EFAULT || got == 0 ? LOST_USER_STACK_EFAULT : LOST_USER_STACK_OTHER);
+        count_lost(one_set, got == -EFAULT || got == 0 ? LOST_USER_STACK_EFAULT : LOST_USER_STACK_OTHER);
     } else {
         u32 n = (u32)got / sizeof(u64);
         u64 hash = 0;
         ck.category = classify(p, st, n, &hash);
         if (ck.category == CAT_UNKNOWN)
-            count_lost(LOST_USER_STACK_EMPTY);
+            count_lost(one_set, LOST_USER_STACK_EMPTY);
         int err = one_set ? put_stack_1(&hash, st) : put_stack_0(&hash, st);
         if (err == 0) {
             key.stack_hash = hash;
         } else {
             key.user_stack_err = err;
-            count_lost(err == -E2BIG || err == -ENOMEM ? LOST_STACKS_FULL : LOST_USER_STACK_OTHER);
+            count_lost(one_set, err == -E2BIG || err == -ENOMEM ? LOST_STACKS_FULL : LOST_USER_STACK_OTHER);
         }
     }
     if (one_set) {

@@ -546,8 +546,8 @@ class Sampler:
             raise
         _return_freed_memory()
         self._last_flip = time.monotonic()
-        self._lost_seen = [0] * len(LOST_REASONS)
-        self._idle_seen = 0
+        self._lost_seen = [0] * (2 * len(LOST_REASONS))  # per set, as the program keeps them
+        self._idle_seen = [0, 0]
         self.batch_supported = True  # cleared on the first drain if the kernel lacks batch ops
         self.barrier_supported = True
 
@@ -728,7 +728,7 @@ class Sampler:
                 samples.append(Sample(tgid, tid, cgroup_id, (), count, -err if err else errno.ENOENT))
             else:
                 samples.append(Sample(tgid, tid, cgroup_id, frames, count))
-        lost, idle = self._read_counters()
+        lost, idle = self._read_counters(old)
         return DrainResult(
             samples=samples,
             lost=lost,
@@ -887,12 +887,13 @@ class Sampler:
             out[int(k.value)] = stack_from_ips(list(v.ip))
         return out
 
-    def _read_counters(self) -> tuple[dict[str, int], int]:
-        """Differences of the cumulative per-CPU counters since the previous drain."""
+    def _read_counters(self, old: int) -> tuple[dict[str, int], int]:
+        """Differences of set ``old``'s cumulative per-CPU counters since that set was last drained."""
         lost: dict[str, int] = {}
+        base = old * len(LOST_REASONS)
         for i, name in enumerate(LOST_REASONS):
-            now = int(self._lost.sum(i).value)
-            lost[name], self._lost_seen[i] = now - self._lost_seen[i], now
-        idle_now = int(self._idle.sum(0).value)
-        idle, self._idle_seen = idle_now - self._idle_seen, idle_now
+            now = int(self._lost.sum(base + i).value)
+            lost[name], self._lost_seen[base + i] = now - self._lost_seen[base + i], now
+        idle_now = int(self._idle.sum(old).value)
+        idle, self._idle_seen[old] = idle_now - self._idle_seen[old], idle_now
         return lost, idle

@@ -265,6 +265,19 @@ def test_the_builds_pip_settings_and_ca_are_not_in_the_image(images: Images) -> 
 # ---- the agent must not be able to harm the host ----------------------------------------------
 
 
+def sh_in_agent_container(
+    images: Images, spec: DaemonSetAgent, script: str, rro: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`sh -c script` in the agent's container, as the manifest runs it. The scripts here always
+    print (a line or a shell error), yet podman 4.3 + conmon now and then hands back nothing of a
+    container that exits at once (seen once in ~40 runs, exit 0): such a run is made again."""
+    for _ in range(3):
+        res = podman("run", "--rm", *flags(spec, rro=rro), "--entrypoint", "sh", images.agent.name, "-c", script)
+        if res.stdout or res.stderr:
+            break
+    return res
+
+
 def test_agent_container_cannot_write_a_host_cgroup_file(
     images: Images, spec: DaemonSetAgent, workloads: Workloads
 ) -> None:
@@ -281,10 +294,10 @@ def test_agent_container_cannot_write_a_host_cgroup_file(
         f'echo {before} > /host/proc/1/root{quota} && echo WROTE-HOST-PROC; '
         f'echo {before} > /proc/1/root{quota} && echo WROTE-PROC; true'
     )  # fmt: skip
-    closed = podman("run", "--rm", *flags(spec), "--entrypoint", "sh", images.agent.name, "-c", script)
+    closed = sh_in_agent_container(images, spec, script)
     assert "WROTE" not in closed.stdout, closed.stdout
     assert f"cannot create /host{quota}: Read-only file system" in closed.stderr
-    open_ = podman("run", "--rm", *flags(spec, rro=False), "--entrypoint", "sh", images.agent.name, "-c", script)
+    open_ = sh_in_agent_container(images, spec, script, rro=False)
     assert "WROTE-HOST-SYS" in open_.stdout  # the hole the start-up check reports (next test)
     assert "WROTE-HOST-PROC" not in open_.stdout and "WROTE-PROC" not in open_.stdout
     assert quota.read_text().strip() == before
