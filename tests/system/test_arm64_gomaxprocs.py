@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +38,7 @@ from agent.host.procfs import ProcFS, parse_maps
 from agent.lab.gotoolchain import GoToolchain, find_toolchains
 from tests.support import gobuild
 from tests.support.capabilities import need
+from tests.support.maxprocs import MaxprocsClient, talking_to
 
 MAXPROCS = Path(__file__).resolve().parents[1] / "goprogs" / "maxprocs"
 EXPECTED_MINORS = [(1, 19), (1, 21), (1, 23), (1, 25), (1, 27)]
@@ -109,39 +108,8 @@ def elf_symbol(binary: Path, name: str) -> int:
 # ---- running an arm64 program here --------------------------------------------------------
 
 
-class Emulated:
-    """The maxprocs line protocol (tests/goprogs/maxprocs/serve) to a process under qemu-user."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
-        self._pending = b""
-
-    def line(self) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + REPLY_TIMEOUT_S
-        while b"\n" not in self._pending:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise AssertionError(f"pid {self.proc.pid}: no reply within {REPLY_TIMEOUT_S}s")
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                err = self.proc.stderr.read().decode(errors="replace")[-2000:] if self.proc.stderr else ""
-                raise AssertionError(f"pid {self.proc.pid} exited early ({self.proc.wait(5)}): {err}")
-            self._pending += chunk
-        line, _, self._pending = self._pending.partition(b"\n")
-        return line.decode()
-
-    def ask(self, command: str) -> tuple[str, int]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        self.proc.stdin.flush()
-        word, value = self.line().split()
-        return word, int(value)
-
-
 @contextlib.contextmanager
-def run_emulated(binary: Path, gomaxprocs: int) -> Iterator[Emulated]:
+def run_emulated(binary: Path, gomaxprocs: int) -> Iterator[MaxprocsClient]:
     """``binary`` under qemu-aarch64-static (directly, no binfmt_misc needed), killed on every exit path."""
     need(shutil.which(QEMU) is not None, f"{QEMU} (apt-get install qemu-user-static)")
     need((ARM64_SYSROOT / "lib" / "ld-linux-aarch64.so.1").exists(), "arm64 loader (apt-get install libc6-arm64-cross)")
@@ -154,15 +122,8 @@ def run_emulated(binary: Path, gomaxprocs: int) -> Iterator[Emulated]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    try:
-        yield Emulated(proc)
-    finally:
-        proc.kill()
-        proc.wait(10)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
+    with talking_to(proc, REPLY_TIMEOUT_S) as emu:
+        yield emu
 
 
 # ---- the matrix ---------------------------------------------------------------------------

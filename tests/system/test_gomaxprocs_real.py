@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import select
 import subprocess
 import time
 from collections.abc import Iterator
@@ -41,6 +40,7 @@ from agent.lab.cgroupwriter import in_cgroup
 from agent.lab.gotoolchain import GoToolchain, find_toolchains
 from tests.support import gobuild
 from tests.support.capabilities import need
+from tests.support.maxprocs import MaxprocsClient, talking_to
 from tests.support.workloads import Cgroup, v1_cgroup
 
 GOPROGS = Path(__file__).resolve().parents[1] / "goprogs"
@@ -94,61 +94,13 @@ def _build_module(tc: GoToolchain, module: Path) -> Path:
 # ---- running -------------------------------------------------------------------------------
 
 
-@dataclass
-class GoProc:
-    """A running maxprocs program; ``ready`` is the GOMAXPROCS it reported at start."""
-
-    proc: subprocess.Popen[bytes]
-    ready: int = 0
-    _pending: bytes = b""
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def line(self) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + REPLY_TIMEOUT_S
-        while b"\n" not in self._pending:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise AssertionError(f"pid {self.pid}: no reply within {REPLY_TIMEOUT_S}s")
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                raise AssertionError(f"pid {self.pid} exited early ({self.proc.wait(5)}): {self._stderr()}")
-            self._pending += chunk
-        line, _, self._pending = self._pending.partition(b"\n")
-        return line.decode()
-
-    def ask(self, command: str) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        self.proc.stdin.flush()
-        return self.line()
-
-    def gomaxprocs(self) -> int:
-        """What the Go runtime says right now (runtime.GOMAXPROCS(0))."""
-        word, value = self.ask("get").split()
-        assert word == "gomaxprocs"
-        return int(value)
-
-    def set(self, n: int) -> int:
-        word, value = self.ask(f"set {n}").split()
-        assert word == "set"
-        return int(value)
-
-    def _stderr(self) -> str:
-        return self.proc.stderr.read().decode(errors="replace")[-2000:] if self.proc.stderr else ""
-
-
 @contextlib.contextmanager
 def run_go(
     binary: Path,
     env: dict[str, str] | None = None,
     cgroup: Cgroup | None = None,
     cpus: set[int] | None = None,
-) -> Iterator[GoProc]:
+) -> Iterator[MaxprocsClient]:
     """Start ``binary`` (in ``cgroup``, pinned to ``cpus``, both before exec: the runtime
     reads them at start); ready once it printed "ready N". Killed on every exit path."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("GOMAXPROCS", "GODEBUG")}
@@ -166,19 +118,9 @@ def run_go(
         stderr=subprocess.PIPE,
         preexec_fn=before_exec,  # noqa: PLW1509 - the affinity must be set before the Go runtime starts
     )
-    try:
-        gp = GoProc(proc)
-        word, value = gp.line().split()
-        assert word == "ready"
-        gp.ready = int(value)
+    with talking_to(proc, REPLY_TIMEOUT_S) as gp:
+        gp.await_ready()
         yield gp
-    finally:
-        proc.kill()
-        proc.wait(10)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
 
 
 # ---- observing (what the pipeline does, step by step) ----------------------------------------
