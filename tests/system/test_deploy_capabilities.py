@@ -79,22 +79,30 @@ except Exception as exc:
     print(json.dumps({"caps": caps, "error": str(exc)}))
 """
 
-PROC_PROGRAM = r"""
-import errno, json, sys
-pid = sys.argv[1]
-out = {"caps": next(l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff:"))}
+# What both child programs below start with: their capabilities, `attempt` (an OSError is kept by
+# name, e.g. "EACCES"), and reading 4 bytes of another process's memory at its first mapping.
+CHILD_PRELUDE = r"""
+import errno, json, os, sys
+def effective_caps():
+    return next(l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff:"))
+out = {}
 def attempt(name, fn):
     try:
         out[name] = fn()
     except OSError as exc:
         out[name] = errno.errorcode.get(exc.errno, str(exc.errno))
-def mem():
-    start = int(open(f"/proc/{pid}/maps").readline().split("-")[0], 16)
-    with open(f"/proc/{pid}/mem", "rb") as f:
+def read_mem(proc, pid):
+    start = int(open(f"{proc}/{pid}/maps").readline().split("-")[0], 16)
+    with open(f"{proc}/{pid}/mem", "rb") as f:
         f.seek(start)
         return f.read(4).hex()
+"""
+
+PROC_PROGRAM = CHILD_PRELUDE + r"""
+pid = sys.argv[1]
+out["caps"] = effective_caps()
 attempt("maps", lambda: "ok" if open(f"/proc/{pid}/maps").readline() else "empty")
-attempt("mem", mem)
+attempt("mem", lambda: read_mem("/proc", pid))
 attempt("environ", lambda: "ok" if open(f"/proc/{pid}/environ", "rb").read() is not None else "")
 attempt("exe", lambda: open(f"/proc/{pid}/exe", "rb").read(4).hex())
 print(json.dumps(out))
@@ -258,23 +266,12 @@ AGENT_UID = 2_000_000_000  # deploy/daemonset.yaml's --user
 # What the agent keeps after switching to that uid on this kernel (agent/host/privileges.py).
 KEPT = frozenset(c for c in CAPABILITIES if not unneeded(os.uname().release) >> CAP_BITS[c] & 1)
 
-ATTACK_PROGRAM = r"""
-import errno, json, os, sys
+ATTACK_PROGRAM = CHILD_PRELUDE + r"""
 proc, pid, secret, writable, drop = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 if drop == "drop":
     from agent.host.privileges import drop_to
     drop_to(AGENT_UID, AGENT_UID)
-out = {"caps": next(l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff:"))}
-def attempt(name, fn):
-    try:
-        out[name] = fn()
-    except OSError as exc:
-        out[name] = errno.errorcode.get(exc.errno, str(exc.errno))
-def mem_read():
-    start = int(open(f"{proc}/{pid}/maps").readline().split("-")[0], 16)
-    with open(f"{proc}/{pid}/mem", "rb") as f:
-        f.seek(start)
-        return f.read(4).hex()
+out["caps"] = effective_caps()
 def mem_write():
     os.close(os.open(f"{proc}/{pid}/mem", os.O_RDWR))
     return "opened"
@@ -282,7 +279,7 @@ def host_write():
     with open(f"{proc}/{pid}/root{writable}/planted", "w") as f:
         f.write("x")
     return "written"
-attempt("mem_read", mem_read)
+attempt("mem_read", lambda: read_mem(proc, pid))
 attempt("mem_write", mem_write)
 attempt("exe", lambda: open(f"{proc}/{pid}/exe", "rb").read(4).hex())
 attempt("read_0400_through_root", lambda: open(f"{proc}/{pid}/root{secret}").read().strip())
