@@ -95,6 +95,16 @@ class TempCgroups:
     def set_cores(self, d: Path, cores: float | None, period_us: int = 100_000) -> None:
         set_limit(d, self.h.version, cores, period_us)
 
+    def pod_at_half_a_core(self) -> tuple[Path, Path]:
+        """pod/container under the test's top cgroup, cpu enabled down to the pod, the pod at 0.5 core."""
+        top = self.make()
+        self.enable(top, "cpu")
+        pod = self.make("pod")
+        self.enable(pod, "cpu")
+        container = self.make("pod/container")
+        self.set_cores(pod, 0.5)
+        return pod, container
+
     def busy(self) -> subprocess.Popen[bytes]:
         """A CPU-bound python process, ready (it said so on stdout) before it is returned."""
         proc = subprocess.Popen([sys.executable, "-c", BUSY], stdout=subprocess.PIPE)
@@ -219,12 +229,7 @@ def test_nested_quota_minimum_over_ancestors(child_cores: float | None, expected
     (v1 refuses a child quota above its parent's; unlimited is the v1 way to be "higher".)"""
     fs, h = writable("cpu")
     with temp_cgroups(h) as t:
-        top = t.make()
-        t.enable(top, "cpu")
-        mid = t.make("pod")
-        t.enable(mid, "cpu")
-        child = t.make("pod/container")
-        t.set_cores(mid, 0.5)
+        mid, child = t.pod_at_half_a_core()
         t.set_cores(child, child_cores)
         proc = t.busy()
         snap = fs.snapshot(t.move(proc.pid, child))
@@ -241,12 +246,7 @@ def test_child_quota_above_parent() -> None:
     which is why the v1 fixtures never show a container limit above its pod's."""
     fs, h = writable("cpu")
     with temp_cgroups(h) as t:
-        top = t.make()
-        t.enable(top, "cpu")
-        mid = t.make("pod")
-        t.enable(mid, "cpu")
-        child = t.make("pod/container")
-        t.set_cores(mid, 0.5)
+        mid, child = t.pod_at_half_a_core()
         if h.version == 1:
             with pytest.raises(CgroupError, match=os.strerror(errno.EINVAL)):
                 t.set_cores(child, 2.0)

@@ -98,7 +98,9 @@ def read_mem(proc, pid):
         return f.read(4).hex()
 """
 
-PROC_PROGRAM = CHILD_PRELUDE + r"""
+PROC_PROGRAM = (
+    CHILD_PRELUDE
+    + r"""
 pid = sys.argv[1]
 out["caps"] = effective_caps()
 attempt("maps", lambda: "ok" if open(f"/proc/{pid}/maps").readline() else "empty")
@@ -107,6 +109,7 @@ attempt("environ", lambda: "ok" if open(f"/proc/{pid}/environ", "rb").read() is 
 attempt("exe", lambda: open(f"/proc/{pid}/exe", "rb").read(4).hex())
 print(json.dumps(out))
 """
+)
 
 
 def host_caps() -> int:
@@ -266,7 +269,9 @@ AGENT_UID = 2_000_000_000  # deploy/daemonset.yaml's --user
 # What the agent keeps after switching to that uid on this kernel (agent/host/privileges.py).
 KEPT = frozenset(c for c in CAPABILITIES if not unneeded(os.uname().release) >> CAP_BITS[c] & 1)
 
-ATTACK_PROGRAM = CHILD_PRELUDE + r"""
+ATTACK_PROGRAM = (
+    CHILD_PRELUDE
+    + r"""
 proc, pid, secret, writable, drop = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 if drop == "drop":
     from agent.host.privileges import drop_to
@@ -286,6 +291,7 @@ attempt("read_0400_through_root", lambda: open(f"{proc}/{pid}/root{secret}").rea
 attempt("write_host_file_through_root", host_write)
 print(json.dumps(out))
 """.replace("AGENT_UID", str(AGENT_UID))
+)
 
 
 def in_pod_namespaces(hostdir: Path, argv: list[str], caps: frozenset[str]) -> list[str]:

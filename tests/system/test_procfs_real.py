@@ -41,13 +41,12 @@ def mapping_at(mappings: tuple[procfs.MappedRegion, ...], addr: int) -> procfs.M
 
 
 @contextmanager
-def _child(argv: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """A child that prints one line when ready and exits when its stdin closes."""
+def _ready_child(argv: list[str], env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen[bytes], bytes]]:
+    """A child that prints one line when ready and exits when its stdin closes; yields it and that line."""
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
-        proc.stdout.readline()  # readiness through the pipe, not a sleep
-        yield proc
+        yield proc, proc.stdout.readline()  # readiness through the pipe, not a sleep
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -55,6 +54,12 @@ def _child(argv: list[str], env: dict[str, str] | None = None) -> Iterator[subpr
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 stream.close()
+
+
+@contextmanager
+def _child(argv: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    with _ready_child(argv, env) as (proc, _):
+        yield proc
 
 
 PY_WAIT = "import sys; print('ready', flush=True); sys.stdin.read()"
@@ -211,18 +216,9 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextmanager
 def _probe_child(path: Path) -> Iterator[tuple[subprocess.Popen[bytes], list[int]]]:
-    proc = subprocess.Popen([str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        addrs = [int(x, 16) for x in proc.stdout.readline().split()]
-        yield proc, addrs
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
+    """The probe, and the addresses it printed when ready (hex, space-separated)."""
+    with _ready_child([str(path)]) as (proc, line):
+        yield proc, [int(x, 16) for x in line.split()]
 
 
 def _load_segments(path: Path) -> list[tuple[int, int, int]]:
