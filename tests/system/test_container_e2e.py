@@ -47,6 +47,7 @@ from tests.support.containers import (
     memory_cgroup,
     podman,
     podman_flags,
+    podman_run,
     remove_cgroup_tree,
     run,
 )
@@ -185,8 +186,8 @@ def flags(spec: DaemonSetAgent, **kw: Any) -> list[str]:
 
 
 def scan_rows(images: Images, spec: DaemonSetAgent, **kw: Any) -> tuple[list[dict[str, Any]], str]:
-    res = podman(
-        "run", "--rm", *flags(spec, **kw), images.agent.name, *agent_args(spec, "scan", "--json", "--duration", "6"),
+    res = podman_run(
+        *flags(spec, **kw), images.agent.name, *agent_args(spec, "scan", "--json", "--duration", "6"),
         timeout=300, check=False,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
@@ -227,8 +228,8 @@ def test_node_without_kernel_headers_samples_with_the_images_fallback(
     need(not Path("/sys/kernel/kheaders.tar.xz").exists(), "a kernel without the kheaders tarball loaded")
     rows, _ = scan_rows(images, spec, drop_mounts=header_mounts)
     assert_flagged(rows, workloads.kube, "")
-    res = podman(
-        "run", "--rm", *flags(spec, drop_mounts=header_mounts), "--entrypoint", "python3", images.agent.name, "-c",
+    res = podman_run(
+        *flags(spec, drop_mounts=header_mounts), "--entrypoint", "python3", images.agent.name, "-c",
         "from agent.sampling.kheaders import HeaderSearch; from pathlib import Path; "
         "print(HeaderSearch(host_root=Path('/host')).find().describe())",
     )  # fmt: skip
@@ -237,8 +238,8 @@ def test_node_without_kernel_headers_samples_with_the_images_fallback(
 
 def test_runtime_default_seccomp_blocking_bpf_is_named_with_the_fix(images: Images, spec: DaemonSetAgent) -> None:
     """podman's default profile allows bpf() only with CAP_SYS_ADMIN: the error says seccomp, not headers."""
-    res = podman(
-        "run", "--rm", *flags(spec, seccomp="podman-default"), images.agent.name,
+    res = podman_run(
+        *flags(spec, seccomp="podman-default"), images.agent.name,
         *agent_args(spec, "scan", "--duration", "1"), timeout=300, check=False,
     )  # fmt: skip
     assert res.returncode == 3, res.stderr
@@ -268,14 +269,8 @@ def test_the_builds_pip_settings_and_ca_are_not_in_the_image(images: Images) -> 
 def sh_in_agent_container(
     images: Images, spec: DaemonSetAgent, script: str, rro: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """`sh -c script` in the agent's container, as the manifest runs it. The scripts here always
-    print (a line or a shell error), yet podman 4.3 + conmon now and then hands back nothing of a
-    container that exits at once (seen once in ~40 runs, exit 0): such a run is made again."""
-    for _ in range(3):
-        res = podman("run", "--rm", *flags(spec, rro=rro), "--entrypoint", "sh", images.agent.name, "-c", script)
-        if res.stdout or res.stderr:
-            break
-    return res
+    """`sh -c script` in the agent's container, as the manifest runs it (the scripts always print)."""
+    return podman_run(*flags(spec, rro=rro), "--entrypoint", "sh", images.agent.name, "-c", script)
 
 
 def test_agent_container_cannot_write_a_host_cgroup_file(
