@@ -98,7 +98,7 @@ def unneeded(kernel_release: str) -> int:
     return mask
 
 
-def drop_to(uid: int, gid: int, kernel_release: str | None = None) -> int:
+def drop_to(uid: int, gid: int) -> int:
     """Become ``uid``:``gid`` with today's capabilities minus the ``unneeded`` ones; returns the kept mask."""
     if threading.active_count() != 1:
         raise PrivilegeError("switching users must happen before any thread starts (capabilities are per thread)")
@@ -108,7 +108,7 @@ def drop_to(uid: int, gid: int, kernel_release: str | None = None) -> int:
     ]
     if missing and os.geteuid() != uid:
         raise PrivilegeError(f"cannot switch to uid {uid}: {' and '.join(missing)} missing")
-    keep = permitted & ~unneeded(os.uname().release if kernel_release is None else kernel_release)
+    keep = permitted & ~unneeded(os.uname().release)
     libc = _libc()
     if libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:
         raise PrivilegeError(f"prctl(PR_SET_KEEPCAPS) failed: {os.strerror(ctypes.get_errno())}")
